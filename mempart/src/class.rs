@@ -1,0 +1,80 @@
+//! Memory classes: named, fixed-size kinds of memory, each partitioned on its own.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::SubId;
+use crate::partition::PartId;
+use crate::security::Perm;
+
+/// The class that always exists: the guest's ordinary RAM.
+pub const SYSRAM: &str = "sysram";
+/// The root partition every class has.
+pub const SYS_PARTITION: &str = "sys";
+/// The allocation unit when none is configured.
+pub const DEFAULT_UNIT: u64 = 4096;
+
+/// Identifies a class (classes are never removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClassId(pub(crate) u32);
+
+/// How to introduce a class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassSpec {
+    /// Its name in `/partition/mem`.
+    pub name: String,
+    /// Its size in bytes, a multiple of `unit`.
+    pub size: u64,
+    /// Allocation unit: a power of two; every size in the class is a multiple of it.
+    pub unit: u64,
+    /// Minimum of its `sys` partition (0 makes `sys` Open, more a Guarantee).
+    pub sys_min: u64,
+}
+
+impl ClassSpec {
+    /// A class of `size` bytes with the default unit and an Open `sys`.
+    pub fn new(name: impl Into<String>, size: u64) -> ClassSpec {
+        ClassSpec {
+            name: name.into(),
+            size,
+            unit: DEFAULT_UNIT,
+            sys_min: 0,
+        }
+    }
+}
+
+/// Figures of one class as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassMetrics {
+    /// Its name.
+    pub name: String,
+    /// Its size.
+    pub size: u64,
+    /// Its allocation unit.
+    pub unit: u64,
+    /// Bytes allocated by objects of every partition.
+    pub allocated: u64,
+    /// Bytes reserved by minimums and not yet allocated.
+    pub reserved_unused: u64,
+    /// Discretionary bytes nobody has reserved or allocated: `size - Σ charge(roots)`.
+    pub free: u64,
+    /// Highest `allocated` seen.
+    pub highest_allocated: u64,
+    /// Names of its root partitions.
+    pub roots: Vec<String>,
+}
+
+/// A class as the engine keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Class {
+    pub name: String,
+    pub size: u64,
+    pub unit: u64,
+    pub perm: Perm,
+    pub roots: BTreeMap<String, PartId>,
+    pub roots_charge: u64,
+    pub allocated: u64,
+    pub highest_allocated: u64,
+    pub subscribers: Vec<SubId>,
+}

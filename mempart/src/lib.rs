@@ -1,0 +1,51 @@
+//! `mempart`: the memory-partition model of a VM — classes, hierarchical partitions with
+//! reserved minimums and hard maximums, the `/partition/mem` name space, process and
+//! shared-object association, metrics, events and permissions. No KVM, no I/O.
+//!
+//! ```
+//! use mempart::{ClassSpec, Credential, Engine, Errno, Limits, NewPartition};
+//!
+//! const MIB: u64 = 1 << 20;
+//! let mut engine = Engine::new(&[
+//!     ClassSpec::new("sysram", 256 * MIB),
+//!     ClassSpec::new("fast", 128 * MIB),
+//! ])?;
+//! let host = Credential::Host;
+//! let sandbox = NewPartition {
+//!     limits: Limits { min: 32 * MIB, max: 32 * MIB },
+//!     ..NewPartition::default()
+//! };
+//! for i in 0..4 {
+//!     engine.create(&host, &format!("/partition/mem/fast/s{i}"), sandbox)?;
+//! }
+//! let fifth = engine.create(&host, "/partition/mem/fast/s4", sandbox);
+//! assert_eq!(fifth.err().map(|e| e.errno), Some(Errno::Enomem));
+//! # Ok::<(), mempart::Error>(())
+//! ```
+
+mod class;
+mod engine;
+mod error;
+mod events;
+mod name;
+mod namespace;
+mod partition;
+mod process;
+mod security;
+mod slab;
+pub mod topology;
+
+pub use class::{ClassId, ClassMetrics, ClassSpec, DEFAULT_UNIT, SYSRAM, SYS_PARTITION};
+pub use engine::{Engine, MAX_CLASSES, MAX_DEPTH, MAX_PARTITIONS};
+pub use error::{Errno, Error, Result};
+pub use events::{
+    Event, EventBatch, EventFilter, EventKind, SubId, Target, MAX_QUEUE, MAX_SUBSCRIPTIONS,
+};
+pub use name::{check_name, components, join, MEM_ROOT, NAME_MAX, PATH_MAX};
+pub use namespace::{DirEntry, EntryKind, Node, MAX_GROUPS};
+pub use partition::{
+    Limits, NewPartition, PartId, PartitionConfig, PartitionMetrics, PartitionType, SetOutcome,
+    UNLIMITED,
+};
+pub use process::{Association, Grant, ObjectInfo, Pid, Spawn, MAX_OBJECTS, MAX_PROCESSES};
+pub use security::{Access, Credential, Gid, Perm, Policies, Policy, Uid, MODE_MASK};

@@ -1,0 +1,597 @@
+//! Processes and shared objects: associations, inheritance, allocation on their behalf, exit.
+
+use serde::{Deserialize, Serialize};
+
+use crate::class::{ClassId, SYSRAM};
+use crate::engine::{notify, Engine};
+use crate::error::{Errno, Error, Result};
+use crate::events::EventKind;
+use crate::name::check_name;
+use crate::partition::PartId;
+use crate::security::{Credential, Uid};
+
+/// A guest process id.
+pub type Pid = u32;
+
+/// Most processes one engine tracks.
+pub const MAX_PROCESSES: usize = 1 << 16;
+/// Most shared-memory objects one engine tracks.
+pub const MAX_OBJECTS: usize = 4096;
+
+/// How a new process gets its associations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spawn {
+    /// fork/spawn without `SETMPART`: every parent association whose `NO_INHERIT` is clear.
+    Inherit,
+    /// `SETMPART` with a list: a non-empty list associates with exactly those partitions
+    /// and groups (sysram's `sys` if none of them is a sysram partition); an empty list
+    /// inherits only the parent's sysram association (the alternate behaviour).
+    SetMpart(Vec<String>),
+}
+
+/// One of a process's associations, as shown in its per-process view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Association {
+    /// The partition.
+    pub partition: PartId,
+    /// Its path.
+    pub path: String,
+    /// Its class.
+    pub class: String,
+    /// Whether children do not inherit it.
+    pub no_inherit: bool,
+    /// Bytes this process has allocated in it.
+    pub charged: u64,
+}
+
+/// Bytes charged to a partition on behalf of a process; hand it back to free them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The partition charged.
+    pub partition: PartId,
+    /// How many bytes.
+    pub bytes: u64,
+}
+
+/// A shared-memory object as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// Its name.
+    pub name: String,
+    /// Path of the partition it is charged to.
+    pub partition: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its creator's uid.
+    pub owner: Uid,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Assoc {
+    pub part: PartId,
+    pub class: ClassId,
+    pub no_inherit: bool,
+    pub charged: u64,
+}
+
+/// A process as the engine keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Process {
+    pub cred: Credential,
+    pub assocs: Vec<Assoc>,
+    /// Charges left in partitions the process has since left; freed at exit or by `free`.
+    pub retained: Vec<(PartId, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SharedObject {
+    pub part: PartId,
+    pub size: u64,
+    pub owner: Uid,
+}
+
+fn pid_subject(pid: Pid) -> String {
+    format!("pid {pid}")
+}
+
+impl Engine {
+    fn process(&self, pid: Pid) -> Result<&Process> {
+        self.procs
+            .get(&pid)
+            .ok_or_else(|| Error::new(Errno::Esrch, pid_subject(pid), "no such process"))
+    }
+
+    fn sysram_sys(&self) -> Result<PartId> {
+        let class = self
+            .class_id(SYSRAM)
+            .ok_or_else(|| Error::new(Errno::Enoent, SYSRAM, "no sysram class"))?;
+        self.sys_partition(class)
+    }
+
+    /// Registers process `pid` with identity `cred`, created by `parent` (none for the first).
+    pub fn process_start(
+        &mut self,
+        cred: &Credential,
+        pid: Pid,
+        parent: Option<Pid>,
+        spawn: &Spawn,
+    ) -> Result<()> {
+        if self.procs.contains_key(&pid) {
+            return Err(Error::new(
+                Errno::Eexist,
+                pid_subject(pid),
+                "already tracked",
+            ));
+        }
+        if self.procs.len() >= MAX_PROCESSES {
+            return Err(Error::new(
+                Errno::Enomem,
+                pid_subject(pid),
+                format!("at most {MAX_PROCESSES} processes"),
+            ));
+        }
+        let parent = parent.map(|p| self.process(p)).transpose()?;
+        let mut targets: Vec<(PartId, bool)> = Vec::new();
+        match (spawn, parent) {
+            (Spawn::SetMpart(names), _) if !names.is_empty() => {
+                for name in names {
+                    for id in self.association_targets(cred, name)? {
+                        targets.push((id, false));
+                    }
+                }
+            }
+            (Spawn::SetMpart(_), Some(parent)) => {
+                let sysram = self.class_id(SYSRAM);
+                targets.extend(
+                    parent
+                        .assocs
+                        .iter()
+                        .filter(|a| Some(a.class) == sysram && !a.no_inherit)
+                        .map(|a| (a.part, false)),
+                );
+            }
+            (Spawn::Inherit, Some(parent)) => targets.extend(
+                parent
+                    .assocs
+                    .iter()
+                    .filter(|a| !a.no_inherit)
+                    .map(|a| (a.part, false)),
+            ),
+            (_, None) => {}
+        }
+        let mut assocs: Vec<Assoc> = Vec::with_capacity(targets.len() + 1);
+        for (id, no_inherit) in targets {
+            let class = self.part(id)?.class;
+            if let Some(other) = assocs.iter().find(|a| a.class == class) {
+                if other.part == id {
+                    continue;
+                }
+                return Err(Error::new(
+                    Errno::Einval,
+                    self.path_of(id)?,
+                    format!(
+                        "a process has at most one partition of class {}",
+                        self.class_name(class)
+                    ),
+                ));
+            }
+            assocs.push(Assoc {
+                part: id,
+                class,
+                no_inherit,
+                charged: 0,
+            });
+        }
+        let sysram = self.class_id(SYSRAM);
+        if !assocs.iter().any(|a| Some(a.class) == sysram) {
+            let sys = self.sysram_sys()?;
+            assocs.push(Assoc {
+                part: sys,
+                class: self.part(sys)?.class,
+                no_inherit: false,
+                charged: 0,
+            });
+        }
+        for a in &assocs {
+            self.add_member(a.part, pid);
+        }
+        self.procs.insert(
+            pid,
+            Process {
+                cred: cred.clone(),
+                assocs,
+                retained: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn add_member(&mut self, part: PartId, pid: Pid) {
+        if let Some(p) = self.parts.get_mut(part.0) {
+            p.processes.insert(pid);
+            notify(
+                &p.subscribers,
+                &mut self.subs,
+                EventKind::ProcessAssociated { pid },
+            );
+        }
+    }
+
+    fn remove_member(&mut self, part: PartId, pid: Pid) {
+        if let Some(p) = self.parts.get_mut(part.0) {
+            p.processes.remove(&pid);
+            notify(
+                &p.subscribers,
+                &mut self.subs,
+                EventKind::ProcessDisassociated { pid },
+            );
+        }
+    }
+
+    fn controlled_process(&self, cred: &Credential, pid: Pid) -> Result<&Process> {
+        let proc = self.process(pid)?;
+        let (uid, _) = proc.cred.owner();
+        if !cred.controls_uid(uid) {
+            return Err(Error::new(
+                Errno::Eperm,
+                pid_subject(pid),
+                "the process belongs to another user",
+            ));
+        }
+        Ok(proc)
+    }
+
+    /// Associates process `pid` with the partition, pseudo partition or group at `path`,
+    /// replacing its association of the same class. Charges made in a replaced partition
+    /// stay there until freed or until the process exits.
+    pub fn associate(&mut self, cred: &Credential, pid: Pid, path: &str) -> Result<()> {
+        self.controlled_process(cred, pid)?;
+        let targets = self.association_targets(cred, path)?;
+        let mut classes = Vec::with_capacity(targets.len());
+        for &id in &targets {
+            classes.push(self.part(id)?.class);
+        }
+        for (id, class) in targets.into_iter().zip(classes) {
+            let Some(proc) = self.procs.get_mut(&pid) else {
+                break;
+            };
+            let old = match proc.assocs.iter_mut().find(|a| a.class == class) {
+                Some(a) if a.part == id => continue,
+                Some(a) => {
+                    let old = (a.part, a.charged);
+                    *a = Assoc {
+                        part: id,
+                        class,
+                        no_inherit: false,
+                        charged: 0,
+                    };
+                    Some(old)
+                }
+                None => {
+                    proc.assocs.push(Assoc {
+                        part: id,
+                        class,
+                        no_inherit: false,
+                        charged: 0,
+                    });
+                    None
+                }
+            };
+            if let Some((old_part, charged)) = old {
+                if charged > 0 {
+                    retain(&mut proc.retained, old_part, charged);
+                }
+                self.remove_member(old_part, pid);
+            }
+            self.add_member(id, pid);
+        }
+        Ok(())
+    }
+
+    /// Ends the association of `pid` with the partition at `path` (or each member of a group).
+    /// The sysram association cannot be ended, only replaced.
+    pub fn disassociate(&mut self, cred: &Credential, pid: Pid, path: &str) -> Result<()> {
+        let proc = self.controlled_process(cred, pid)?;
+        let targets = match self.resolve(path)? {
+            crate::namespace::Node::Group(name) => self
+                .groups
+                .get(&name)
+                .map(|g| g.members.values().copied().collect())
+                .unwrap_or_default(),
+            _ => vec![self.resolve_partition(path)?],
+        };
+        let sysram = self.class_id(SYSRAM);
+        for id in &targets {
+            let a = proc.assocs.iter().find(|a| a.part == *id).ok_or_else(|| {
+                Error::new(Errno::Enoent, path, format!("pid {pid} is not associated"))
+            })?;
+            if Some(a.class) == sysram {
+                return Err(Error::new(
+                    Errno::Einval,
+                    path,
+                    "a process keeps one sysram partition: associate with another instead",
+                ));
+            }
+        }
+        for id in targets {
+            if let Some(proc) = self.procs.get_mut(&pid) {
+                if let Some(i) = proc.assocs.iter().position(|a| a.part == id) {
+                    let a = proc.assocs.swap_remove(i);
+                    if a.charged > 0 {
+                        retain(&mut proc.retained, a.part, a.charged);
+                    }
+                }
+            }
+            self.remove_member(id, pid);
+        }
+        Ok(())
+    }
+
+    /// Sets or clears `NO_INHERIT` on the association of `pid` with the partition at `path`.
+    pub fn set_no_inherit(
+        &mut self,
+        cred: &Credential,
+        pid: Pid,
+        path: &str,
+        no_inherit: bool,
+    ) -> Result<()> {
+        self.controlled_process(cred, pid)?;
+        let id = self.resolve_partition(path)?;
+        let a = self
+            .procs
+            .get_mut(&pid)
+            .and_then(|p| p.assocs.iter_mut().find(|a| a.part == id))
+            .ok_or_else(|| {
+                Error::new(Errno::Enoent, path, format!("pid {pid} is not associated"))
+            })?;
+        a.no_inherit = no_inherit;
+        Ok(())
+    }
+
+    /// The per-process view: every partition `pid` is associated with.
+    pub fn process_partitions(&self, pid: Pid) -> Result<Vec<Association>> {
+        self.process(pid)?
+            .assocs
+            .iter()
+            .map(|a| {
+                Ok(Association {
+                    partition: a.part,
+                    path: self.path_of(a.part)?,
+                    class: self.class_name(a.class).to_string(),
+                    no_inherit: a.no_inherit,
+                    charged: a.charged,
+                })
+            })
+            .collect()
+    }
+
+    /// Charges a process has left behind in partitions it no longer belongs to.
+    pub fn retained_charges(&self, pid: Pid) -> Result<Vec<Grant>> {
+        Ok(self
+            .process(pid)?
+            .retained
+            .iter()
+            .map(|&(partition, bytes)| Grant { partition, bytes })
+            .collect())
+    }
+
+    /// Every tracked process id.
+    pub fn pids(&self) -> Vec<Pid> {
+        self.procs.keys().copied().collect()
+    }
+
+    /// Allocates `bytes` of `class` for `pid`, charged to its partition of that class.
+    /// Succeeds iff every invariant still holds; otherwise `ENOMEM` and nothing changes.
+    pub fn allocate(&mut self, pid: Pid, class: ClassId, bytes: u64) -> Result<Grant> {
+        let unit = self.class(class)?.unit;
+        if bytes == 0 || bytes % unit != 0 {
+            return Err(Error::new(
+                Errno::Einval,
+                pid_subject(pid),
+                format!("{bytes} is not a positive multiple of the unit {unit}"),
+            ));
+        }
+        let part = self
+            .process(pid)?
+            .assocs
+            .iter()
+            .find(|a| a.class == class)
+            .map(|a| a.part)
+            .ok_or_else(|| {
+                Error::new(
+                    Errno::Enoent,
+                    pid_subject(pid),
+                    format!("no partition of class {}", self.class_name(class)),
+                )
+            })?;
+        self.grow_own(part, bytes)?;
+        if let Some(a) = self
+            .procs
+            .get_mut(&pid)
+            .and_then(|p| p.assocs.iter_mut().find(|a| a.part == part))
+        {
+            a.charged += bytes;
+        }
+        Ok(Grant {
+            partition: part,
+            bytes,
+        })
+    }
+
+    /// Frees exactly what `grant` charged on behalf of `pid`.
+    pub fn free(&mut self, pid: Pid, grant: Grant) -> Result<()> {
+        let proc = self
+            .procs
+            .get_mut(&pid)
+            .ok_or_else(|| Error::new(Errno::Esrch, pid_subject(pid), "no such process"))?;
+        let slot = match proc.assocs.iter_mut().find(|a| a.part == grant.partition) {
+            Some(a) => &mut a.charged,
+            None => proc
+                .retained
+                .iter_mut()
+                .find(|r| r.0 == grant.partition)
+                .map(|r| &mut r.1)
+                .ok_or_else(|| {
+                    Error::new(
+                        Errno::Einval,
+                        pid_subject(pid),
+                        "nothing charged to that partition",
+                    )
+                })?,
+        };
+        if *slot < grant.bytes || grant.bytes == 0 {
+            return Err(Error::new(
+                Errno::Einval,
+                pid_subject(pid),
+                format!("frees {} bytes but {} are charged", grant.bytes, *slot),
+            ));
+        }
+        *slot -= grant.bytes;
+        proc.retained.retain(|r| r.1 > 0);
+        self.shrink_own(grant.partition, grant.bytes)
+    }
+
+    fn grow_own(&mut self, part: PartId, bytes: u64) -> Result<()> {
+        let p = self.part(part)?;
+        let (min, own) = (p.limits.min, p.own);
+        let new_own = own
+            .checked_add(bytes)
+            .ok_or_else(|| Error::new(Errno::Enomem, format!("{part:?}"), "size overflows"))?;
+        self.set_own_min(part, new_own, min, false)?;
+        self.set_own_min(part, new_own, min, true)
+    }
+
+    fn shrink_own(&mut self, part: PartId, bytes: u64) -> Result<()> {
+        let p = self.part(part)?;
+        let (min, own) = (p.limits.min, p.own);
+        self.set_own_min(part, own.saturating_sub(bytes), min, true)
+    }
+
+    /// Process `pid` has exited: its private allocations are freed and it is disassociated.
+    /// Its shared objects stay.
+    pub fn process_exit(&mut self, pid: Pid) -> Result<()> {
+        let proc = self
+            .procs
+            .remove(&pid)
+            .ok_or_else(|| Error::new(Errno::Esrch, pid_subject(pid), "no such process"))?;
+        for a in &proc.assocs {
+            if a.charged > 0 {
+                self.shrink_own(a.part, a.charged)?;
+            }
+            self.remove_member(a.part, pid);
+        }
+        for &(part, bytes) in &proc.retained {
+            self.shrink_own(part, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Creates an empty shared-memory object `name` for `pid`, charged from now on to the
+    /// process's partition of `class`.
+    pub fn object_create(&mut self, pid: Pid, name: &str, class: ClassId) -> Result<()> {
+        check_name(name)?;
+        let proc = self.process(pid)?;
+        if self.objects.contains_key(name) {
+            return Err(Error::new(Errno::Eexist, name, "object already exists"));
+        }
+        if self.objects.len() >= MAX_OBJECTS {
+            return Err(Error::new(
+                Errno::Enomem,
+                name,
+                format!("at most {MAX_OBJECTS} objects"),
+            ));
+        }
+        let part = proc
+            .assocs
+            .iter()
+            .find(|a| a.class == class)
+            .map(|a| a.part)
+            .ok_or_else(|| {
+                Error::new(
+                    Errno::Enoent,
+                    pid_subject(pid),
+                    format!("no partition of class {}", self.class_name(class)),
+                )
+            })?;
+        let owner = proc.cred.owner().0;
+        self.part_mut(part)?.objects += 1;
+        self.objects.insert(
+            name.to_string(),
+            SharedObject {
+                part,
+                size: 0,
+                owner,
+            },
+        );
+        Ok(())
+    }
+
+    /// Resizes object `name` (by any process): growth is charged to the object's partition.
+    pub fn object_resize(&mut self, name: &str, size: u64) -> Result<()> {
+        let obj = self
+            .objects
+            .get(name)
+            .ok_or_else(|| Error::new(Errno::Enoent, name, "no such object"))?;
+        let part = obj.part;
+        let old = obj.size;
+        let unit = self.class(self.part(part)?.class)?.unit;
+        if size % unit != 0 {
+            return Err(Error::new(
+                Errno::Einval,
+                name,
+                format!("{size} is not a multiple of the unit {unit}"),
+            ));
+        }
+        if size > old {
+            self.grow_own(part, size - old)?;
+        } else if size < old {
+            self.shrink_own(part, old - size)?;
+        }
+        if let Some(obj) = self.objects.get_mut(name) {
+            obj.size = size;
+        }
+        Ok(())
+    }
+
+    /// Removes object `name` and frees its memory (its creator, the superuser or the host).
+    pub fn object_unlink(&mut self, cred: &Credential, name: &str) -> Result<()> {
+        let obj = self
+            .objects
+            .get(name)
+            .ok_or_else(|| Error::new(Errno::Enoent, name, "no such object"))?;
+        if !cred.controls_uid(obj.owner) {
+            return Err(Error::new(Errno::Eacces, name, "not the object's owner"));
+        }
+        let (part, size) = (obj.part, obj.size);
+        if size > 0 {
+            self.shrink_own(part, size)?;
+        }
+        self.objects.remove(name);
+        let p = self.part_mut(part)?;
+        p.objects = p.objects.saturating_sub(1);
+        Ok(())
+    }
+
+    /// Every shared object.
+    pub fn objects(&self) -> Result<Vec<ObjectInfo>> {
+        self.objects
+            .iter()
+            .map(|(name, o)| {
+                Ok(ObjectInfo {
+                    name: name.clone(),
+                    partition: self.path_of(o.part)?,
+                    size: o.size,
+                    owner: o.owner,
+                })
+            })
+            .collect()
+    }
+}
+
+fn retain(retained: &mut Vec<(PartId, u64)>, part: PartId, bytes: u64) {
+    match retained.iter_mut().find(|r| r.0 == part) {
+        Some(r) => r.1 += bytes,
+        None => retained.push((part, bytes)),
+    }
+}
