@@ -1,1 +1,90 @@
-fn main() {}
+//! Allocate+free through the engine at depths 1, 4 and 8, beside a baseline that only adds
+//! and subtracts along a parent chain of the same depth.
+
+// A benchmark whose set-up fails has nothing to measure: it stops with the reason.
+#![allow(clippy::expect_used)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_main, BenchmarkId, Criterion};
+use mempart::{ClassSpec, Credential, Engine, Limits, NewPartition, Spawn};
+
+const PAGE: u64 = 4096;
+
+/// An engine whose process 1 is associated with the leaf of a chain `depth` partitions deep.
+fn chain_engine(depth: usize) -> Engine {
+    let host = Credential::Host;
+    let mut e = Engine::new(&[ClassSpec::new("sysram", 1 << 30)]).expect("engine");
+    let mut path = String::from("/partition/mem/sysram");
+    for level in 1..=depth {
+        path.push_str(&format!("/l{level}"));
+        let spec = NewPartition {
+            limits: Limits {
+                min: 16 * PAGE,
+                max: 1 << 29,
+            },
+            ..NewPartition::default()
+        };
+        e.create(&host, &path, spec).expect("create");
+    }
+    e.process_start(&host, 1, None, &Spawn::SetMpart(vec![path]))
+        .expect("process");
+    e
+}
+
+/// The least work an allocation could do: add to every node up a chain, then take it off.
+struct Chain {
+    parent: Vec<Option<usize>>,
+    value: Vec<u64>,
+}
+
+impl Chain {
+    fn new(depth: usize) -> Chain {
+        Chain {
+            parent: (0..depth).map(|i| i.checked_sub(1)).collect(),
+            value: vec![0; depth],
+        }
+    }
+
+    fn add(&mut self, leaf: usize, delta: u64, up: bool) {
+        let mut cur = Some(leaf);
+        while let Some(i) = cur {
+            if let Some(v) = self.value.get_mut(i) {
+                *v = if up { *v + delta } else { *v - delta };
+            }
+            cur = self.parent.get(i).copied().flatten();
+        }
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("allocate+free");
+    for depth in [1usize, 4, 8] {
+        let mut engine = chain_engine(depth);
+        let sysram = engine.class_id("sysram").expect("sysram");
+        group.bench_with_input(BenchmarkId::new("engine", depth), &depth, |b, _| {
+            b.iter(|| {
+                let grant = engine
+                    .allocate(1, sysram, black_box(PAGE))
+                    .expect("allocate");
+                engine.free(1, grant).expect("free");
+            })
+        });
+        let mut chain = Chain::new(depth);
+        group.bench_with_input(BenchmarkId::new("baseline", depth), &depth, |b, _| {
+            b.iter(|| {
+                chain.add(depth - 1, black_box(PAGE), true);
+                chain.add(depth - 1, black_box(PAGE), false);
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Criterion's macros generate the undocumented entry points.
+#[allow(missing_docs)]
+mod entry {
+    criterion::criterion_group!(benches, super::bench);
+}
+
+criterion_main!(entry::benches);

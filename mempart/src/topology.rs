@@ -311,9 +311,11 @@ impl Topology {
             }
         }
         order.sort_by_key(|(depth, _)| *depth);
+        let mut created = Vec::new();
         for (_, entry) in order {
-            if let Err(e) = apply_partition(&mut engine, &host, entry) {
-                errors.push(rule(format!("partition {:?}", entry.path), e));
+            match create_partition(&mut engine, &host, entry) {
+                Ok(()) => created.push(entry),
+                Err(e) => errors.push(rule(format!("partition {:?}", entry.path), e)),
             }
         }
         for group in &self.groups {
@@ -333,6 +335,12 @@ impl Topology {
                 }
             }
         }
+        // Policies come last: a terminal parent must not refuse its declared children.
+        for entry in created {
+            if let Err(e) = set_policies(&mut engine, &host, entry) {
+                errors.push(rule(format!("partition {:?}", entry.path), e));
+            }
+        }
         if errors.is_empty() {
             Ok(engine)
         } else {
@@ -341,7 +349,7 @@ impl Topology {
     }
 }
 
-fn apply_partition(
+fn create_partition(
     engine: &mut Engine,
     host: &Credential,
     entry: &PartitionEntry,
@@ -363,6 +371,14 @@ fn apply_partition(
             entry.gid.unwrap_or(0),
         )?;
     }
+    Ok(())
+}
+
+fn set_policies(
+    engine: &mut Engine,
+    host: &Credential,
+    entry: &PartitionEntry,
+) -> crate::error::Result<()> {
     let mut policies = entry.policies.clone();
     // The config lock goes last: it would refuse the other policies.
     policies.sort_by_key(|p| *p == Policy::ConfigLock);
