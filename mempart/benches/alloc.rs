@@ -20,7 +20,7 @@ fn chain_engine(depth: usize) -> Engine {
         path.push_str(&format!("/l{level}"));
         let spec = NewPartition {
             limits: Limits {
-                min: 16 * PAGE,
+                min: 0,
                 max: 1 << 29,
             },
             ..NewPartition::default()

@@ -212,9 +212,7 @@ impl Engine {
     }
 
     pub(crate) fn part(&self, id: PartId) -> Result<&Partition> {
-        self.parts
-            .get(id.0)
-            .ok_or_else(|| Error::new(Errno::Enoent, format!("{id:?}"), "no such partition"))
+        self.parts.get(id.0).ok_or_else(|| no_partition(id))
     }
 
     pub(crate) fn part_mut(&mut self, id: PartId) -> Result<&mut Partition> {
@@ -236,35 +234,29 @@ impl Engine {
         new_min: u64,
         commit: bool,
     ) -> Result<()> {
-        let p = self.part(id)?;
-        let class = p.class;
-        let old_own = p.own;
+        let Some(p) = self.parts.get_mut(id.0) else {
+            return Err(no_partition(id));
+        };
         let old_used = p.used();
-        let new_used = new_own
-            .checked_add(p.children_charge)
-            .ok_or_else(|| Error::new(Errno::Enomem, self.display_path(id), "size overflows"))?;
+        let old_charge = p.charge();
+        let Some(new_used) = new_own.checked_add(p.children_charge) else {
+            return Err(self.too_big(id));
+        };
         if new_used > old_used && new_used > p.limit() {
-            return Err(Error::new(
-                Errno::Enomem,
-                self.display_path(id),
-                format!("use would reach {new_used}, above its max {}", p.limit()),
-            ));
+            let limit = p.limit();
+            return Err(self.over_max(id, new_used, limit));
         }
-        let delta = i128::from(new_min.max(new_used)) - i128::from(p.charge());
-        let parent = p.parent;
+        let delta = Delta::between(old_charge, new_min.max(new_used));
+        let (class, parent, old_own) = (p.class, p.parent, p.own);
         if commit {
-            if let Some(p) = self.parts.get_mut(id.0) {
-                p.own = new_own;
-                p.limits.min = new_min;
-                after_used_change(p, &mut self.subs, old_used, new_used);
-            }
-            if let Some(c) = self.classes.get_mut(class.0 as usize) {
-                let old_allocated = c.allocated;
-                c.allocated = old_allocated
-                    .saturating_sub(old_own)
-                    .saturating_add(new_own);
-                c.highest_allocated = c.highest_allocated.max(c.allocated);
-                if old_own != new_own {
+            p.own = new_own;
+            p.limits.min = new_min;
+            after_used_change(p, &mut self.subs, old_used, new_used);
+            if old_own != new_own {
+                if let Some(c) = self.classes.get_mut(class.0 as usize) {
+                    let old_allocated = c.allocated;
+                    c.allocated = old_allocated.saturating_sub(old_own).saturating_add(new_own);
+                    c.highest_allocated = c.highest_allocated.max(c.allocated);
                     for s in &c.subscribers {
                         if let Some(sub) = self.subs.get_mut(s.0) {
                             sub.size_changed(old_allocated, c.allocated);
@@ -276,69 +268,84 @@ impl Engine {
         self.propagate(class, parent, delta, commit)
     }
 
-    /// Carries a change of `delta` in a child's charge up from `parent` to the class.
+    /// Carries a change of a child's charge up from `parent` to the class, checking
+    /// (and with `commit`, applying) it at every level. Stops where a charge stops changing.
     pub(crate) fn propagate(
         &mut self,
         class: ClassId,
         mut parent: Option<PartId>,
-        mut delta: i128,
+        mut delta: Delta,
         commit: bool,
     ) -> Result<()> {
-        while delta != 0 {
+        while delta.amount != 0 {
             let Some(qid) = parent else {
-                let c = self.classes.get_mut(class.0 as usize).ok_or_else(|| {
-                    Error::new(
-                        Errno::Enoent,
-                        format!("class #{}", class.0),
-                        "no such class",
-                    )
-                })?;
-                let new = u64::try_from(i128::from(c.roots_charge) + delta).map_err(|_| {
-                    Error::new(Errno::Enomem, format!("{MEM_ROOT}/{}", c.name), "overflow")
-                })?;
-                if delta > 0 && new > c.size {
-                    return Err(Error::new(
-                        Errno::Enomem,
-                        format!("{MEM_ROOT}/{}", c.name),
-                        format!(
-                            "needs {delta} more bytes, {} are free in the class",
-                            c.size - c.roots_charge.min(c.size)
-                        ),
-                    ));
-                }
-                if commit {
-                    c.roots_charge = new;
-                }
-                return Ok(());
+                return self.charge_class(class, delta, commit);
             };
-            let q = self.parts.get(qid.0).ok_or_else(|| {
-                Error::new(Errno::Enoent, format!("{qid:?}"), "no such partition")
-            })?;
+            let Some(q) = self.parts.get_mut(qid.0) else {
+                return Err(no_partition(qid));
+            };
             let old_used = q.used();
-            let new_cc = u64::try_from(i128::from(q.children_charge) + delta)
-                .map_err(|_| Error::new(Errno::Enomem, self.display_path(qid), "overflow"))?;
-            let new_used = q
-                .own
-                .checked_add(new_cc)
-                .ok_or_else(|| Error::new(Errno::Enomem, self.display_path(qid), "overflow"))?;
-            if delta > 0 && new_used > q.limit() {
-                return Err(Error::new(
-                    Errno::Enomem,
-                    self.display_path(qid),
-                    format!("use would reach {new_used}, above its max {}", q.limit()),
-                ));
+            let old_charge = q.charge();
+            let Some(new_used) = delta
+                .apply(q.children_charge)
+                .and_then(|cc| cc.checked_add(q.own))
+            else {
+                return Err(self.too_big(qid));
+            };
+            if delta.up && new_used > q.limit() {
+                let limit = q.limit();
+                return Err(self.over_max(qid, new_used, limit));
             }
-            let next = i128::from(q.limits.min.max(new_used)) - i128::from(q.charge());
+            let next = Delta::between(old_charge, q.limits.min.max(new_used));
             parent = q.parent;
             if commit {
-                if let Some(q) = self.parts.get_mut(qid.0) {
-                    q.children_charge = new_cc;
-                    after_used_change(q, &mut self.subs, old_used, new_used);
-                }
+                q.children_charge = new_used - q.own;
+                after_used_change(q, &mut self.subs, old_used, new_used);
             }
             delta = next;
         }
         Ok(())
+    }
+
+    /// The last step of [`Engine::propagate`]: a root's charge change against the class size.
+    fn charge_class(&mut self, class: ClassId, delta: Delta, commit: bool) -> Result<()> {
+        let Some(c) = self.classes.get_mut(class.0 as usize) else {
+            return Err(Error::new(
+                Errno::Enoent,
+                format!("class #{}", class.0),
+                "no such class",
+            ));
+        };
+        let new = delta.apply(c.roots_charge).filter(|n| !delta.up || *n <= c.size);
+        let Some(new) = new else {
+            return Err(Error::new(
+                Errno::Enomem,
+                format!("{MEM_ROOT}/{}", c.name),
+                format!(
+                    "needs {} more bytes, {} are free in the class",
+                    delta.amount,
+                    c.size.saturating_sub(c.roots_charge)
+                ),
+            ));
+        };
+        if commit {
+            c.roots_charge = new;
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn over_max(&self, id: PartId, used: u64, limit: u64) -> Error {
+        Error::new(
+            Errno::Enomem,
+            self.display_path(id),
+            format!("use would reach {used}, above its max {limit}"),
+        )
+    }
+
+    #[cold]
+    fn too_big(&self, id: PartId) -> Error {
+        Error::new(Errno::Enomem, self.display_path(id), "size overflows 64 bits")
     }
 
     // ----- partition management --------------------------------------------------------
@@ -459,7 +466,7 @@ impl Engine {
                 format!("at most {MAX_PARTITIONS} partitions"),
             ));
         }
-        self.propagate(class, parent_id, i128::from(limits.min), false)?;
+        self.propagate(class, parent_id, Delta::up(limits.min), false)?;
         let config = crate::partition::PartitionConfig {
             limits,
             policies: Policies::default(),
@@ -484,7 +491,7 @@ impl Engine {
             pseudo_refs: 0,
             subscribers: Vec::new(),
         }));
-        self.propagate(class, parent_id, i128::from(limits.min), true)?;
+        self.propagate(class, parent_id, Delta::up(limits.min), true)?;
         let kind = EventKind::ChildCreated { child: id };
         match parent_id {
             Some(p) => {
@@ -558,7 +565,7 @@ impl Engine {
             ));
         }
         let (class, parent, name, charge) = (p.class, p.parent, p.name.clone(), p.charge());
-        self.propagate(class, parent, -i128::from(charge), true)?;
+        self.propagate(class, parent, Delta::down(charge), true)?;
         if let Some(p) = self.parts.remove(id.0) {
             notify(&p.subscribers, &mut self.subs, EventKind::Destroyed);
         }
@@ -884,11 +891,47 @@ impl Engine {
     }
 }
 
+/// A change of a charge: `amount` bytes up or down.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Delta {
+    up: bool,
+    amount: u64,
+}
+
+impl Delta {
+    fn up(amount: u64) -> Delta {
+        Delta { up: true, amount }
+    }
+
+    fn down(amount: u64) -> Delta {
+        Delta { up: false, amount }
+    }
+
+    fn between(old: u64, new: u64) -> Delta {
+        if new >= old {
+            Delta::up(new - old)
+        } else {
+            Delta::down(old - new)
+        }
+    }
+
+    fn apply(self, value: u64) -> Option<u64> {
+        if self.up {
+            value.checked_add(self.amount)
+        } else {
+            value.checked_sub(self.amount)
+        }
+    }
+}
+
+#[cold]
+fn no_partition(id: PartId) -> Error {
+    Error::new(Errno::Enoent, format!("{id:?}"), "no such partition")
+}
+
 /// The partition `id` in `parts`, mutably (a free function so other fields stay borrowable).
 fn part_in(parts: &mut Slab<Partition>, id: PartId) -> Result<&mut Partition> {
-    parts
-        .get_mut(id.0)
-        .ok_or_else(|| Error::new(Errno::Enoent, format!("{id:?}"), "no such partition"))
+    parts.get_mut(id.0).ok_or_else(|| no_partition(id))
 }
 
 /// Records a change of a partition's use: highest size, pending max, size events.
