@@ -255,7 +255,9 @@ impl Engine {
             if old_own != new_own {
                 if let Some(c) = self.classes.get_mut(class.0 as usize) {
                     let old_allocated = c.allocated;
-                    c.allocated = old_allocated.saturating_sub(old_own).saturating_add(new_own);
+                    c.allocated = old_allocated
+                        .saturating_sub(old_own)
+                        .saturating_add(new_own);
                     c.highest_allocated = c.highest_allocated.max(c.allocated);
                     for s in &c.subscribers {
                         if let Some(sub) = self.subs.get_mut(s.0) {
@@ -316,7 +318,9 @@ impl Engine {
                 "no such class",
             ));
         };
-        let new = delta.apply(c.roots_charge).filter(|n| !delta.up || *n <= c.size);
+        let new = delta
+            .apply(c.roots_charge)
+            .filter(|n| !delta.up || *n <= c.size);
         let Some(new) = new else {
             return Err(Error::new(
                 Errno::Enomem,
@@ -345,7 +349,11 @@ impl Engine {
 
     #[cold]
     fn too_big(&self, id: PartId) -> Error {
-        Error::new(Errno::Enomem, self.display_path(id), "size overflows 64 bits")
+        Error::new(
+            Errno::Enomem,
+            self.display_path(id),
+            "size overflows 64 bits",
+        )
     }
 
     // ----- partition management --------------------------------------------------------
