@@ -1,0 +1,31 @@
+/* Touches typed memory: a granted extent is written and read, an ungranted one is
+ * refused, and after the host revokes the extent it is refused too. */
+#include "guest.h"
+
+void __attribute__((section(".text.start"))) _start(u64 cpu, u64 zero_page) {
+    (void)cpu;
+    puts("guest: hello\n");
+    u64 base = first_class_base(zero_page);
+    puts("guest: class at ");
+    puthex(base);
+    puts("\n");
+    if (!base) reset();
+    for (u64 i = 0; i < 16; i++) *word(base + 4096 * i) = 0x6d656d7061727400UL | i;
+    u64 sum = 0;
+    for (u64 i = 0; i < 16; i++) sum += *word(base + 4096 * i) & 0xff;
+    puts("guest: granted sum ");
+    puthex(sum);
+    puts("\n");
+    u64 outside = *word(base + (1UL << 20));
+    puts("guest: ungranted read ");
+    puthex(outside);
+    puts("\n");
+    *word(base + (1UL << 20) + 8) = 1;
+    puts("guest: waiting for revoke\n");
+    while (*word(MAILBOX) != 1) __asm__ volatile("pause");
+    u64 after = *word(base);
+    puts("guest: after revoke ");
+    puthex(after);
+    puts("\n");
+    reset();
+}

@@ -1,0 +1,224 @@
+//! What a VM is made of, parsed and checked before anything is created.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use mempart::topology::parse_size;
+
+use crate::memory::ClassBacking;
+
+/// Where the guest's serial console goes.
+pub enum SerialOut {
+    /// The VMM's standard output.
+    Stdio,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Discarded.
+    None,
+    /// Handed to a writer (tests capture the console this way).
+    Writer(Box<dyn Write + Send>),
+}
+
+impl std::fmt::Debug for SerialOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SerialOut::Stdio => f.write_str("stdio"),
+            SerialOut::File(p) => write!(f, "file:{}", p.display()),
+            SerialOut::None => f.write_str("none"),
+            SerialOut::Writer(_) => f.write_str("writer"),
+        }
+    }
+}
+
+/// Errors in what the user asked for.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A `--class` argument that does not parse.
+    #[error("--class {arg:?}: {reason}")]
+    Class {
+        /// The argument.
+        arg: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two classes with one name.
+    #[error("--class {0:?} is given twice")]
+    DuplicateClass(String),
+    /// A `--serial` argument that does not parse.
+    #[error("--serial {0:?}: use stdio, none or file:PATH")]
+    Serial(String),
+    /// A vCPU count out of range.
+    #[error("--cpus {given}: must be between 1 and {max}")]
+    Cpus {
+        /// The count given.
+        given: u32,
+        /// The most this host allows.
+        max: u32,
+    },
+}
+
+/// Parses `NAME=SIZE[,hugepages][,file=PATH][,prefault]`.
+pub fn parse_class(arg: &str) -> Result<ClassBacking, ConfigError> {
+    let err = |reason: String| ConfigError::Class {
+        arg: arg.to_string(),
+        reason,
+    };
+    let mut parts = arg.split(',');
+    let first = parts.next().unwrap_or_default();
+    let (name, size) = first
+        .split_once('=')
+        .ok_or_else(|| err("expected NAME=SIZE".to_string()))?;
+    mempart::check_name(name).map_err(|e| err(e.to_string()))?;
+    let size = parse_size(size).map_err(err)?;
+    if size == 0 || size % crate::memory::PAGE != 0 || size == mempart::UNLIMITED {
+        return Err(err(format!(
+            "size {size} is not a positive multiple of 4 KiB"
+        )));
+    }
+    let mut class = ClassBacking {
+        name: name.to_string(),
+        size,
+        hugepages: false,
+        file: None,
+        prefault: false,
+    };
+    for option in parts {
+        match option.split_once('=') {
+            None if option == "hugepages" => class.hugepages = true,
+            None if option == "prefault" => class.prefault = true,
+            Some(("file", path)) if !path.is_empty() => class.file = Some(PathBuf::from(path)),
+            _ => {
+                return Err(err(format!(
+                    "unknown option {option:?} (use hugepages, prefault or file=PATH)"
+                )))
+            }
+        }
+    }
+    if class.hugepages && class.file.is_some() {
+        return Err(err("hugepages and file= exclude each other".to_string()));
+    }
+    Ok(class)
+}
+
+/// Parses `stdio`, `none` or `file:PATH`.
+pub fn parse_serial(arg: &str) -> Result<SerialOut, ConfigError> {
+    match arg {
+        "stdio" => Ok(SerialOut::Stdio),
+        "none" => Ok(SerialOut::None),
+        _ => match arg.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(SerialOut::File(PathBuf::from(path))),
+            _ => Err(ConfigError::Serial(arg.to_string())),
+        },
+    }
+}
+
+/// The classes a VM gets: those given, with sysram (256 MiB unless given) first.
+pub fn with_sysram(classes: Vec<ClassBacking>) -> Result<Vec<ClassBacking>, ConfigError> {
+    let mut out: Vec<ClassBacking> = Vec::with_capacity(classes.len() + 1);
+    for class in classes {
+        if out.iter().any(|c| c.name == class.name) {
+            return Err(ConfigError::DuplicateClass(class.name));
+        }
+        out.push(class);
+    }
+    if !out.iter().any(|c| c.name == mempart::SYSRAM) {
+        out.push(ClassBacking {
+            name: mempart::SYSRAM.to_string(),
+            size: 256 << 20,
+            hugepages: false,
+            file: None,
+            prefault: false,
+        });
+    }
+    out.sort_by_key(|c| c.name != mempart::SYSRAM);
+    Ok(out)
+}
+
+/// Everything `run` needs.
+#[derive(Debug)]
+pub struct VmConfig {
+    /// ELF vmlinux, bare ELF guest or bzImage.
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory classes, sysram first.
+    pub classes: Vec<ClassBacking>,
+    /// Start-up topology file.
+    pub topology: Option<PathBuf>,
+    /// Serial console destination.
+    pub serial: SerialOut,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_arguments_parse_with_options() {
+        let c = parse_class("fast=64M,prefault,file=/tmp/x");
+        assert_eq!(
+            c.map(|c| (c.name, c.size, c.prefault, c.file)),
+            Ok((
+                "fast".to_string(),
+                64 << 20,
+                true,
+                Some(PathBuf::from("/tmp/x"))
+            ))
+        );
+        assert!(parse_class("fast=64M,hugepages").is_ok_and(|c| c.hugepages));
+    }
+
+    #[test]
+    fn bad_class_arguments_name_the_argument() {
+        for bad in [
+            "fast",
+            "fast=0",
+            "fast=4097",
+            "fast=12Q",
+            "fast=1M,turbo",
+            "a/b=1M",
+            "=1M",
+            "fast=unlimited",
+            "fast=1M,hugepages,file=/x",
+        ] {
+            let e = parse_class(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.starts_with(&format!("--class {bad:?}")), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn duplicates_are_refused_and_sysram_comes_first() {
+        let a = parse_class("fast=1M").ok();
+        let b = parse_class("fast=2M").ok();
+        let both: Vec<_> = a.into_iter().chain(b).collect();
+        assert_eq!(
+            with_sysram(both).err(),
+            Some(ConfigError::DuplicateClass("fast".into()))
+        );
+        let classes = with_sysram(parse_class("fast=1M").into_iter().collect());
+        assert_eq!(
+            classes.map(|v| v.into_iter().map(|c| c.name).collect::<Vec<_>>()),
+            Ok(vec!["sysram".to_string(), "fast".to_string()])
+        );
+    }
+
+    #[test]
+    fn serial_destinations_parse() {
+        assert!(matches!(parse_serial("none"), Ok(SerialOut::None)));
+        assert!(matches!(
+            parse_serial("file:/tmp/s"),
+            Ok(SerialOut::File(_))
+        ));
+        assert_eq!(
+            parse_serial("tcp:1").err(),
+            Some(ConfigError::Serial("tcp:1".into()))
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! `mempart-vmm`: a minimal KVM VMM whose guest memory is split into memory classes, each
+//! its own host region, with the partition engine deciding who may use what.
+
+pub mod boot;
+pub mod config;
+pub mod memory;
+pub mod vm;
+
+pub use config::{SerialOut, VmConfig};
+pub use vm::{Backend, Violation, Vm, VmError, VmExit, VmHandle};

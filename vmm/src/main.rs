@@ -1,0 +1,204 @@
+//! The `mempart-vmm` command: `run` boots a guest, `check` validates a topology.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mempart::topology::Topology;
+use mempart::{ClassSpec, Credential, Engine, UNLIMITED};
+use vmm::config::{parse_class, parse_serial, with_sysram};
+use vmm::memory::ClassBacking;
+use vmm::{Vm, VmConfig};
+
+/// A minimal KVM VMM whose guest memory is split into memory classes governed by
+/// hierarchical partitions.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest kernel. Exit codes: 0 the guest shut down (an i8042 reset, as
+    /// `reboot=k` does), 1 the VMM failed, 2 bad arguments, 3 the guest crashed.
+    Run {
+        /// ELF vmlinux, bare 64-bit ELF guest, or bzImage.
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Initial ramdisk (uncompressed is fastest on kvm_pvm hosts).
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// Kernel command line.
+        #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
+        cmdline: String,
+        /// Number of vCPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// A memory class: NAME=SIZE[,hugepages][,file=PATH][,prefault]. `sysram` is the
+        /// guest's RAM (256M when not given); every other class is typed memory placed
+        /// above 4 GiB, reserved in the e820 map and visible only where granted.
+        #[arg(long = "class", value_name = "SPEC")]
+        classes: Vec<String>,
+        /// Start-up partition topology (TOML).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Serial console: stdio, none or file:PATH.
+        #[arg(long, default_value = "stdio")]
+        serial: String,
+    },
+    /// Validate a topology against the classes without booting and print the accounting
+    /// table, or every violated rule (exit code 1).
+    Check {
+        /// Partition topology (TOML).
+        #[arg(long)]
+        topology: PathBuf,
+        /// A memory class, as for `run`.
+        #[arg(long = "class", value_name = "SPEC")]
+        classes: Vec<String>,
+    },
+}
+
+fn classes(args: &[String]) -> anyhow::Result<Vec<ClassBacking>> {
+    let parsed = args
+        .iter()
+        .map(|a| parse_class(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(with_sysram(parsed)?)
+}
+
+fn size(bytes: u64) -> String {
+    if bytes == UNLIMITED {
+        return "unlimited".to_string();
+    }
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+    for (unit, suffix) in UNITS {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Prints every class and then every partition, depth-first.
+fn print_table(engine: &Engine) -> anyhow::Result<()> {
+    let host = Credential::Host;
+    println!(
+        "{:<24} {:>10} {:>10} {:>10} {:>10}",
+        "CLASS", "SIZE", "ALLOCATED", "RESERVED", "FREE"
+    );
+    for name in engine.class_names() {
+        let c = engine.class_metrics(&host, &format!("/partition/mem/{name}"))?;
+        println!(
+            "{:<24} {:>10} {:>10} {:>10} {:>10}",
+            name,
+            size(c.size),
+            size(c.allocated),
+            size(c.reserved_unused),
+            size(c.free)
+        );
+    }
+    println!();
+    println!(
+        "{:<40} {:<22} {:>10} {:>10} {:>10} {:>10} {:>6}",
+        "PARTITION", "TYPE", "MIN", "MAX", "USED", "CHARGE", "MODE"
+    );
+    let mut stack: Vec<String> = engine
+        .class_names()
+        .iter()
+        .rev()
+        .map(|c| format!("/partition/mem/{c}"))
+        .collect();
+    while let Some(path) = stack.pop() {
+        if let Ok(m) = engine.metrics(&host, &path) {
+            println!(
+                "{:<40} {:<22} {:>10} {:>10} {:>10} {:>10} {:>6o}",
+                path,
+                format!("{:?}", m.kind),
+                size(m.current.limits.min),
+                size(m.current.limits.max),
+                size(m.used),
+                size(m.charge),
+                m.current.perm.mode
+            );
+        }
+        let mut children: Vec<String> = engine
+            .list(&host, &path)?
+            .into_iter()
+            .filter(|d| d.kind == mempart::EntryKind::Partition)
+            .map(|d| format!("{path}/{}", d.name))
+            .collect();
+        children.reverse();
+        stack.extend(children);
+    }
+    Ok(())
+}
+
+fn check(topology: PathBuf, class_args: &[String]) -> anyhow::Result<ExitCode> {
+    let classes = classes(class_args)?;
+    let text = std::fs::read_to_string(&topology)
+        .with_context(|| format!("topology {}", topology.display()))?;
+    let specs: Vec<ClassSpec> = classes
+        .iter()
+        .map(|c| ClassSpec::new(c.name.clone(), c.size))
+        .collect();
+    let built = Topology::parse(&text)
+        .map_err(|e| vec![e])
+        .and_then(|t| t.build(&specs));
+    match built {
+        Ok(engine) => {
+            print_table(&engine)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("mempart-vmm: {}: {e}", topology.display());
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check { topology, classes } => check(topology, &classes),
+        Command::Run {
+            kernel,
+            initrd,
+            cmdline,
+            cpus,
+            classes: class_args,
+            topology,
+            serial,
+        } => {
+            let config = VmConfig {
+                kernel,
+                initrd,
+                cmdline,
+                cpus,
+                classes: classes(&class_args)?,
+                topology,
+                serial: parse_serial(&serial)?,
+            };
+            let vm = Vm::new(config)?;
+            let exit = vm.run()?;
+            if exit.code() != 0 {
+                eprintln!("mempart-vmm: guest stopped: {exit:?}");
+            }
+            Ok(ExitCode::from(u8::try_from(exit.code()).unwrap_or(1)))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mempart-vmm: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

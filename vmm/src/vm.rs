@@ -1,0 +1,610 @@
+//! A running VM: KVM set-up, the memory classes, the serial console, vCPU threads and
+//! what ends them.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_mp_state, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use mempart::topology::Topology;
+use mempart::{ClassId, ClassSpec, Engine};
+use vm_memory::{Bytes, GuestAddress};
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::boot::{self, BootError, EMULATED_KERNEL_ARGS};
+use crate::config::{SerialOut, VmConfig};
+use crate::memory::{class_bases, ClassRegion, MemoryError, Sysram};
+
+/// The COM1 ports.
+const COM1: u16 = 0x3f8;
+/// The COM1 interrupt line.
+const COM1_IRQ: u32 = 4;
+/// The i8042 command port: 0xfe written here resets the machine.
+const I8042_COMMAND: u16 = 0x64;
+/// The i8042 data port.
+const I8042_DATA: u16 = 0x60;
+/// Where KVM keeps the TSS on Intel hosts (three pages below the BIOS).
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// What the host's KVM is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Hardware virtualization (Intel VT-x).
+    KvmIntel,
+    /// Hardware virtualization (AMD-V).
+    KvmAmd,
+    /// kvm_pvm: guest kernel code runs under KVM's instruction emulator.
+    KvmPvm,
+    /// No KVM module found.
+    Unknown,
+}
+
+impl Backend {
+    /// Reads `/sys/module` to tell the backend.
+    pub fn detect() -> Backend {
+        let has = |m: &str| std::path::Path::new("/sys/module").join(m).exists();
+        if has("kvm_intel") {
+            Backend::KvmIntel
+        } else if has("kvm_amd") {
+            Backend::KvmAmd
+        } else if has("kvm_pvm") {
+            Backend::KvmPvm
+        } else {
+            Backend::Unknown
+        }
+    }
+
+    /// The module name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::KvmIntel => "kvm_intel",
+            Backend::KvmAmd => "kvm_amd",
+            Backend::KvmPvm => "kvm_pvm",
+            Backend::Unknown => "unknown",
+        }
+    }
+}
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest reset the machine through the i8042 controller: the clean way out.
+    Reset,
+    /// The guest asked KVM for shutdown or reset (a system event).
+    SystemEvent(u32),
+    /// The guest triple-faulted.
+    TripleFault,
+    /// KVM could not run the guest (emulation failure, entry failure).
+    Crash(String),
+}
+
+impl VmExit {
+    /// The process exit code documented in the README: 0 for a guest that shut down,
+    /// 3 for a guest that crashed.
+    pub fn code(&self) -> i32 {
+        match self {
+            VmExit::Reset | VmExit::SystemEvent(_) => 0,
+            VmExit::TripleFault | VmExit::Crash(_) => 3,
+        }
+    }
+}
+
+/// Errors of building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// `/dev/kvm` cannot be opened.
+    #[error("/dev/kvm: {0} (is KVM loaded and is /dev/kvm readable and writable by you?)")]
+    Kvm(kvm_ioctls::Error),
+    /// A KVM ioctl failed.
+    #[error("KVM refused {what}: {source}")]
+    Ioctl {
+        /// What was asked.
+        what: &'static str,
+        /// The cause.
+        source: kvm_ioctls::Error,
+    },
+    /// The vCPU count is out of range.
+    #[error("--cpus {given}: this host's KVM allows 1 to {max}")]
+    Cpus {
+        /// Asked.
+        given: u32,
+        /// Allowed.
+        max: u32,
+    },
+    /// The classes break a partition rule.
+    #[error("memory classes: {0}")]
+    Classes(mempart::Error),
+    /// The topology file cannot be read.
+    #[error("topology {path}: {reason}")]
+    TopologyRead {
+        /// The path.
+        path: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The topology breaks rules.
+    #[error("topology {path}: {}", .errors.join("; "))]
+    Topology {
+        /// The path.
+        path: String,
+        /// Every violated rule.
+        errors: Vec<String>,
+    },
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Kernel loading and boot structures.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The serial console's destination.
+    #[error("serial console {path}: {source}")]
+    Serial {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A class named in a grant does not exist.
+    #[error("no class {0:?}")]
+    NoClass(String),
+    /// A vCPU thread could not be started.
+    #[error("starting vCPU thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Signals a serial interrupt through an irqfd.
+struct IrqTrigger(EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+type Console = Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
+
+/// A guest access to class memory that was not granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violation {
+    /// The class.
+    pub class: ClassId,
+    /// Guest-physical address.
+    pub gpa: u64,
+    /// Whether it was a write.
+    pub write: bool,
+}
+
+/// State shared by the vCPU threads and the VM's handles.
+struct Shared {
+    vm: VmFd,
+    serial: Mutex<Console>,
+    classes: Mutex<Vec<ClassRegion>>,
+    engine: Mutex<Engine>,
+    violations: Mutex<Vec<Violation>>,
+    free_slots: Mutex<(u32, Vec<u32>)>,
+    max_slots: u32,
+    stop: AtomicBool,
+    sysram: Sysram,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A VM ready to run.
+pub struct Vm {
+    shared: Arc<Shared>,
+    vcpus: Vec<VcpuFd>,
+    /// The backend it runs on.
+    pub backend: Backend,
+}
+
+/// A handle on a VM that may be used while it runs: grants, revokes, metrics.
+#[derive(Clone)]
+pub struct VmHandle {
+    shared: Arc<Shared>,
+}
+
+impl Vm {
+    /// Creates the VM: KVM, memory classes, the kernel and boot structures, vCPUs.
+    pub fn new(config: VmConfig) -> Result<Vm, VmError> {
+        let backend = Backend::detect();
+        let specs: Vec<ClassSpec> = config
+            .classes
+            .iter()
+            .map(|c| ClassSpec::new(c.name.clone(), c.size))
+            .collect();
+        let engine = match &config.topology {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| VmError::TopologyRead {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                let errors = |errors: Vec<String>| VmError::Topology {
+                    path: path.display().to_string(),
+                    errors,
+                };
+                let topology = Topology::parse(&text).map_err(|e| errors(vec![e.to_string()]))?;
+                topology
+                    .build(&specs)
+                    .map_err(|errs| errors(errs.iter().map(ToString::to_string).collect()))?
+            }
+            None => Engine::new(&specs).map_err(VmError::Classes)?,
+        };
+        let kvm = Kvm::new().map_err(VmError::Kvm)?;
+        let max = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
+        if config.cpus == 0 || config.cpus > max {
+            return Err(VmError::Cpus {
+                given: config.cpus,
+                max,
+            });
+        }
+        let ioctl = |what| move |source| VmError::Ioctl { what, source };
+        let vm = kvm.create_vm().map_err(ioctl("creating the VM"))?;
+        vm.set_tss_address(TSS_ADDRESS)
+            .map_err(ioctl("the TSS address"))?;
+        vm.create_irq_chip()
+            .map_err(ioctl("the interrupt controllers"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(ioctl("the PIT"))?;
+
+        let mut classes = config.classes.iter();
+        let sysram_backing = classes
+            .next()
+            .filter(|c| c.name == mempart::SYSRAM)
+            .ok_or_else(|| VmError::NoClass(mempart::SYSRAM.to_string()))?;
+        let sysram = Sysram::new(sysram_backing)?;
+        let next_slot = sysram.register(&vm)?;
+        let others: Vec<_> = classes.collect();
+        let sysram_end = sysram.ranges.last().map_or(0, |(b, l)| b + l);
+        let bases = class_bases(
+            sysram_end,
+            &others.iter().map(|c| c.size).collect::<Vec<_>>(),
+        );
+        let regions = others
+            .iter()
+            .zip(bases)
+            .map(|(c, base)| ClassRegion::new(c, base))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let kernel = boot::load_kernel(&sysram.memory, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => {
+                let low_end = sysram.ranges.first().map_or(0, |(b, l)| b + l);
+                Some(boot::load_initrd(
+                    &sysram.memory,
+                    path,
+                    low_end,
+                    kernel.end,
+                )?)
+            }
+            None => None,
+        };
+        let mut cmdline = config.cmdline.clone();
+        if backend == Backend::KvmPvm && kernel.linux {
+            eprintln!(
+                "mempart-vmm: kvm_pvm host: adding kernel arguments \"{EMULATED_KERNEL_ARGS}\" \
+                 for CPU features KVM's emulator cannot run and CPUID cannot hide"
+            );
+            cmdline = format!("{cmdline} {EMULATED_KERNEL_ARGS}")
+                .trim()
+                .to_string();
+        }
+        let class_ranges: Vec<(u64, u64)> = regions.iter().map(|r| (r.base, r.size)).collect();
+        let e820 = boot::e820_map(&sysram.ranges, &class_ranges);
+        boot::write_boot_params(&sysram.memory, &kernel, &cmdline, initrd, &e820)?;
+        boot::write_page_tables_and_gdt(&sysram.memory)?;
+
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Serial {
+            path: "eventfd".into(),
+            source: e,
+        })?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(ioctl("the serial interrupt"))?;
+        let out: Box<dyn Write + Send> = match config.serial {
+            SerialOut::Stdio => Box::new(std::io::stdout()),
+            SerialOut::None => Box::new(std::io::sink()),
+            SerialOut::Writer(w) => w,
+            SerialOut::File(path) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|source| VmError::Serial {
+                        path: path.display().to_string(),
+                        source,
+                    })?,
+            ),
+        };
+
+        let mut cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("the supported CPUID"))?;
+        let mut vcpus = Vec::new();
+        for index in 0..config.cpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(index))
+                .map_err(ioctl("creating a vCPU"))?;
+            boot::adapt_cpuid(&mut cpuid, index, config.cpus, backend == Backend::KvmPvm);
+            vcpu.set_cpuid2(&cpuid).map_err(ioctl("the vCPU's CPUID"))?;
+            if index == 0 || !kernel.linux {
+                boot::setup_vcpu(&vcpu, kernel.entry, u64::from(index))?;
+            }
+            if index > 0 && !kernel.linux {
+                // A bare guest's application processors start at the entry too, instead of
+                // waiting for INIT/SIPI as a Linux kernel's do.
+                let runnable = kvm_mp_state {
+                    mp_state: KVM_MP_STATE_RUNNABLE,
+                };
+                vcpu.set_mp_state(runnable)
+                    .map_err(ioctl("an application processor's state"))?;
+            }
+            vcpus.push(vcpu);
+        }
+        let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
+        Ok(Vm {
+            shared: Arc::new(Shared {
+                vm,
+                serial: Mutex::new(Serial::new(IrqTrigger(serial_irq), out)),
+                classes: Mutex::new(regions),
+                engine: Mutex::new(engine),
+                violations: Mutex::new(Vec::new()),
+                free_slots: Mutex::new((next_slot, Vec::new())),
+                max_slots,
+                stop: AtomicBool::new(false),
+                sysram,
+            }),
+            vcpus,
+            backend,
+        })
+    }
+
+    /// A handle that stays usable while [`Vm::run`] runs.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Runs every vCPU on its own thread until the guest resets, shuts down or crashes,
+    /// then stops the others and returns why.
+    pub fn run(self) -> Result<VmExit, VmError> {
+        // A no-op handler: the signal only kicks a vCPU thread out of KVM_RUN.
+        extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        register_signal_handler(SIGRTMIN(), kick).map_err(|e| VmError::Thread(e.into()))?;
+        let (exits, exit_rx) = channel();
+        let (done, done_rx) = channel();
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for (index, vcpu) in self.vcpus.into_iter().enumerate() {
+            let shared = Arc::clone(&self.shared);
+            let exits: Sender<VmExit> = exits.clone();
+            let done = done.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || {
+                    if let Some(exit) = run_vcpu(vcpu, &shared) {
+                        let _ = exits.send(exit);
+                    }
+                    let _ = done.send(index);
+                })
+                .map_err(VmError::Thread)?;
+            threads.push(thread);
+        }
+        drop(exits);
+        drop(done);
+        let exit = exit_rx
+            .recv()
+            .unwrap_or_else(|_| VmExit::Crash("every vCPU thread ended".into()));
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let mut running = threads.len();
+        while running > 0 {
+            for t in &threads {
+                if !t.is_finished() {
+                    let _ = t.kill(SIGRTMIN());
+                }
+            }
+            match done_rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(_) => running -= 1,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        Ok(exit)
+    }
+}
+
+/// Runs one vCPU until it reports a VM exit or the VM stops.
+fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared) -> Option<VmExit> {
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        let exit = match vcpu.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) => return Some(VmExit::Crash(format!("KVM_RUN: {e}"))),
+        };
+        match exit {
+            VcpuExit::IoOut(port, data) => {
+                if let Some(exit) = io_out(shared, port, data) {
+                    return Some(exit);
+                }
+            }
+            VcpuExit::IoIn(port, data) => io_in(shared, port, data),
+            VcpuExit::MmioRead(gpa, data) => {
+                data.fill(0xff);
+                mmio(shared, gpa, false);
+            }
+            VcpuExit::MmioWrite(gpa, _) => mmio(shared, gpa, true),
+            VcpuExit::Hlt => {}
+            VcpuExit::Shutdown => return Some(VmExit::TripleFault),
+            VcpuExit::SystemEvent(kind, _) => return Some(VmExit::SystemEvent(kind)),
+            VcpuExit::InternalError => {
+                return Some(VmExit::Crash(
+                    "KVM internal error (emulation failure)".into(),
+                ))
+            }
+            VcpuExit::FailEntry(reason, cpu) => {
+                return Some(VmExit::Crash(format!(
+                    "KVM could not enter the guest (reason 0x{reason:x}, cpu {cpu})"
+                )))
+            }
+            other => return Some(VmExit::Crash(format!("unexpected exit {other:?}"))),
+        }
+    }
+}
+
+fn io_out(shared: &Shared, port: u16, data: &[u8]) -> Option<VmExit> {
+    let value = data.first().copied().unwrap_or(0);
+    match port {
+        COM1..=0x3ff => {
+            let _ = lock(&shared.serial).write((port - COM1) as u8, value);
+        }
+        I8042_COMMAND if value == 0xfe => return Some(VmExit::Reset),
+        _ => {}
+    }
+    None
+}
+
+fn io_in(shared: &Shared, port: u16, data: &mut [u8]) {
+    let value = match port {
+        COM1..=0x3ff => lock(&shared.serial).read((port - COM1) as u8),
+        I8042_COMMAND | I8042_DATA => 0,
+        _ => 0xff,
+    };
+    data.fill(value);
+}
+
+/// An access to an address with no memory slot: class memory not granted is a violation;
+/// anything else (no device there) reads as all ones and ignores writes.
+fn mmio(shared: &Shared, gpa: u64, write: bool) {
+    let class = {
+        let classes = lock(&shared.classes);
+        classes.iter().position(|c| c.contains(gpa)).map(|i| {
+            let name = classes.get(i).map(|c| c.name.clone()).unwrap_or_default();
+            (i, name)
+        })
+    };
+    let Some((_, name)) = class else { return };
+    let engine_class = lock(&shared.engine).class_id(&name);
+    let Some(class) = engine_class else { return };
+    eprintln!(
+        "mempart-vmm: violation: guest {} class {name:?} memory at 0x{gpa:x}, which is not granted",
+        if write { "wrote" } else { "read" }
+    );
+    let _ = lock(&shared.engine).report_violation(class, gpa);
+    lock(&shared.violations).push(Violation { class, gpa, write });
+}
+
+impl VmHandle {
+    fn take_slot(&self) -> Result<u32, VmError> {
+        let mut slots = lock(&self.shared.free_slots);
+        if let Some(slot) = slots.1.pop() {
+            return Ok(slot);
+        }
+        if slots.0 >= self.shared.max_slots {
+            return Err(MemoryError::NoSlot(self.shared.max_slots as usize).into());
+        }
+        slots.0 += 1;
+        Ok(slots.0 - 1)
+    }
+
+    /// Makes `[offset, offset+len)` of class `class` accessible to the guest.
+    pub fn grant(&self, class: &str, offset: u64, len: u64) -> Result<u64, VmError> {
+        let slot = self.take_slot()?;
+        let mut classes = lock(&self.shared.classes);
+        let region = classes
+            .iter_mut()
+            .find(|c| c.name == class)
+            .ok_or_else(|| VmError::NoClass(class.to_string()))?;
+        match region.grant(&self.shared.vm, slot, offset, len) {
+            Ok(()) => Ok(region.base + offset),
+            Err(e) => {
+                lock(&self.shared.free_slots).1.push(slot);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Makes the extent granted at `offset` inaccessible and returns its pages to the host.
+    pub fn revoke(&self, class: &str, offset: u64) -> Result<(), VmError> {
+        let mut classes = lock(&self.shared.classes);
+        let region = classes
+            .iter_mut()
+            .find(|c| c.name == class)
+            .ok_or_else(|| VmError::NoClass(class.to_string()))?;
+        let slot = region.revoke(&self.shared.vm, offset)?;
+        lock(&self.shared.free_slots).1.push(slot);
+        Ok(())
+    }
+
+    /// Guest-physical base of a class.
+    pub fn class_base(&self, class: &str) -> Option<u64> {
+        lock(&self.shared.classes)
+            .iter()
+            .find(|c| c.name == class)
+            .map(|c| c.base)
+    }
+
+    /// Host bytes of a class actually backed (`sysram` included).
+    pub fn resident(&self, class: &str) -> Option<u64> {
+        if class == mempart::SYSRAM {
+            return Some(self.shared.sysram.resident());
+        }
+        lock(&self.shared.classes)
+            .iter()
+            .find(|c| c.name == class)
+            .map(ClassRegion::resident)
+    }
+
+    /// Reads class bytes through the host's own mapping.
+    pub fn read_class(&self, class: &str, offset: u64, buf: &mut [u8]) -> Result<(), VmError> {
+        lock(&self.shared.classes)
+            .iter()
+            .find(|c| c.name == class)
+            .ok_or_else(|| VmError::NoClass(class.to_string()))?
+            .read(offset, buf)
+            .map_err(Into::into)
+    }
+
+    /// Writes bytes into sysram at guest-physical `gpa`.
+    pub fn write_sysram(&self, gpa: u64, data: &[u8]) -> Result<(), VmError> {
+        self.shared
+            .sysram
+            .memory
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|e| {
+                VmError::Boot(BootError::Memory {
+                    what: "sysram",
+                    reason: e.to_string(),
+                })
+            })
+    }
+
+    /// Every violation seen so far.
+    pub fn violations(&self) -> Vec<Violation> {
+        lock(&self.shared.violations).clone()
+    }
+
+    /// Runs `f` on the partition engine.
+    pub fn with_engine<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> T {
+        f(&mut lock(&self.shared.engine))
+    }
+}

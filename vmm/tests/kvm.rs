@@ -1,0 +1,223 @@
+//! KVM tests with tiny freestanding guests: serial, typed memory grants and revokes,
+//! violations, two vCPUs and exit codes. They need /dev/kvm and gcc.
+
+// Test helpers fail the test loudly with the reason.
+#![allow(clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::Duration;
+
+use vmm::config::{parse_class, with_sysram};
+use vmm::{Backend, SerialOut, Vm, VmConfig, VmExit};
+
+const MAILBOX: u64 = 0x80000;
+const MIB: u64 = 1 << 20;
+/// A guard against a hung guest, not a synchronisation: every wait ends on an event first.
+const GUARD: Duration = Duration::from_secs(60);
+
+/// Builds `tests/guests/<name>.c` into a static ELF linked at 2 MiB.
+fn guest(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guests");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.elf"));
+    let status = Command::new("gcc")
+        .args([
+            "-ffreestanding",
+            "-nostdlib",
+            "-static",
+            "-no-pie",
+            "-fno-pic",
+            "-mno-sse",
+            "-mgeneral-regs-only",
+            "-mno-red-zone",
+            "-O2",
+            "-Wl,-Ttext=0x200000",
+            "-Wl,--build-id=none",
+            "-e",
+            "_start",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(src.join(format!("{name}.c")))
+        .status()
+        .expect("gcc runs");
+    assert!(status.success(), "gcc failed on {name}.c");
+    out
+}
+
+fn kvm_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("skipped: /dev/kvm is not available");
+    }
+    ok
+}
+
+/// Sends the console's bytes to the test, a line at a time.
+struct Lines {
+    tx: Sender<String>,
+    pending: Vec<u8>,
+}
+
+impl Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.pending).into_owned();
+                let _ = self.tx.send(line);
+                self.pending.clear();
+            } else {
+                self.pending.push(b);
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn config(kernel: PathBuf, cpus: u32, classes: &[&str]) -> (VmConfig, Receiver<String>) {
+    let (tx, rx) = channel();
+    let classes = classes
+        .iter()
+        .map(|c| parse_class(c).expect("class"))
+        .collect();
+    let config = VmConfig {
+        kernel,
+        initrd: None,
+        cmdline: String::new(),
+        cpus,
+        classes: with_sysram(classes).expect("classes"),
+        topology: None,
+        serial: SerialOut::Writer(Box::new(Lines {
+            tx,
+            pending: Vec::new(),
+        })),
+    };
+    (config, rx)
+}
+
+fn next_line(rx: &Receiver<String>) -> String {
+    rx.recv_timeout(GUARD).expect("the guest printed a line")
+}
+
+#[test]
+fn typed_memory_is_usable_where_granted_refused_elsewhere_and_gone_after_revoke() {
+    if !kvm_available() {
+        return;
+    }
+    eprintln!("backend: {}", Backend::detect().name());
+    let (config, rx) = config(guest("classes"), 1, &["sysram=64M", "fast=16M"]);
+    let vm = Vm::new(config).expect("vm");
+    let handle = vm.handle();
+    let base = handle.class_base("fast").expect("fast is placed");
+    assert_eq!(base, 4 << 30);
+    assert_eq!(handle.grant("fast", 0, 64 * 1024).expect("grant"), base);
+    assert_eq!(handle.resident("fast"), Some(0));
+    let running = std::thread::spawn(move || vm.run());
+
+    assert_eq!(next_line(&rx), "guest: hello");
+    assert_eq!(next_line(&rx), format!("guest: class at 0x{base:016x}"));
+    let expected: u64 = (0..16).sum();
+    assert_eq!(
+        next_line(&rx),
+        format!("guest: granted sum 0x{expected:016x}")
+    );
+    assert_eq!(next_line(&rx), "guest: ungranted read 0xffffffffffffffff");
+    assert_eq!(next_line(&rx), "guest: waiting for revoke");
+
+    let mut word = [0u8; 8];
+    handle
+        .read_class("fast", 3 * 4096, &mut word)
+        .expect("read");
+    assert_eq!(u64::from_le_bytes(word), 0x6d656d7061727403);
+    assert_eq!(handle.resident("fast"), Some(16 * 4096));
+    let violations = handle.violations();
+    assert_eq!(
+        violations
+            .iter()
+            .map(|v| (v.gpa, v.write))
+            .collect::<Vec<_>>(),
+        vec![(base + MIB, false), (base + MIB + 8, true)]
+    );
+
+    handle.revoke("fast", 0).expect("revoke");
+    assert_eq!(handle.resident("fast"), Some(0));
+    handle
+        .read_class("fast", 3 * 4096, &mut word)
+        .expect("read");
+    assert_eq!(u64::from_le_bytes(word), 0);
+    handle
+        .write_sysram(MAILBOX, &1u64.to_le_bytes())
+        .expect("mailbox");
+
+    assert_eq!(next_line(&rx), "guest: after revoke 0xffffffffffffffff");
+    let exit = running.join().expect("vm thread").expect("vm ran");
+    assert_eq!(exit, VmExit::Reset);
+    assert_eq!(exit.code(), 0);
+    assert_eq!(handle.violations().last().map(|v| v.gpa), Some(base));
+    let class = handle.with_engine(|e| e.class_id("fast")).expect("class");
+    assert!(handle.violations().iter().all(|v| v.class == class));
+}
+
+#[test]
+fn two_vcpus_both_run() {
+    if !kvm_available() {
+        return;
+    }
+    let (config, rx) = config(guest("smp"), 2, &["sysram=32M"]);
+    let vm = Vm::new(config).expect("vm");
+    vm.handle()
+        .write_sysram(MAILBOX, &2u64.to_le_bytes())
+        .expect("mailbox");
+    let exit = vm.run().expect("vm ran");
+    assert_eq!(next_line(&rx), "guest: cpus seen 0x0000000000000003");
+    assert_eq!(exit, VmExit::Reset);
+}
+
+#[test]
+fn a_guest_that_crashes_exits_with_code_3() {
+    if !kvm_available() {
+        return;
+    }
+    let (config, rx) = config(guest("crash"), 1, &["sysram=32M"]);
+    let exit = Vm::new(config).expect("vm").run().expect("vm ran");
+    assert_eq!(next_line(&rx), "guest: about to crash");
+    assert!(
+        matches!(exit, VmExit::TripleFault | VmExit::Crash(_)),
+        "{exit:?}"
+    );
+    assert_eq!(exit.code(), 3);
+}
+
+#[test]
+fn grants_outside_the_class_or_overlapping_are_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let (config, _rx) = config(guest("crash"), 1, &["sysram=32M", "fast=1M"]);
+    let vm = Vm::new(config).expect("vm");
+    let h = vm.handle();
+    assert!(h.grant("fast", 0, 8192).is_ok());
+    for (offset, len) in [
+        (4096, 4096),
+        (0, 0),
+        (100, 4096),
+        (0, 2 * MIB),
+        (u64::MAX - 4095, 4096),
+    ] {
+        let e = h.grant("fast", offset, len).expect_err("refused");
+        assert!(e.to_string().starts_with("class fast: extent"), "{e}");
+    }
+    assert!(h.grant("slow", 0, 4096).is_err());
+    assert!(h.revoke("fast", 4096).is_err());
+    assert!(h.revoke("fast", 0).is_ok());
+    assert!(h.grant("fast", 4096, 4096).is_ok());
+}
