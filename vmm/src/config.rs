@@ -151,6 +151,8 @@ pub struct VmConfig {
     pub topology: Option<PathBuf>,
     /// Serial console destination.
     pub serial: SerialOut,
+    /// The KVM device.
+    pub kvm_device: PathBuf,
 }
 
 #[cfg(test)]

@@ -48,6 +48,9 @@ enum Command {
         /// Serial console: stdio, none or file:PATH.
         #[arg(long, default_value = "stdio")]
         serial: String,
+        /// The KVM device.
+        #[arg(long, default_value = "/dev/kvm")]
+        kvm: PathBuf,
     },
     /// Validate a topology against the classes without booting and print the accounting
     /// table, or every violated rule (exit code 1).
@@ -172,6 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             classes: class_args,
             topology,
             serial,
+            kvm,
         } => {
             let config = VmConfig {
                 kernel,
@@ -181,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 classes: classes(&class_args)?,
                 topology,
                 serial: parse_serial(&serial)?,
+                kvm_device: kvm,
             };
             let vm = Vm::new(config)?;
             let exit = vm.run()?;

@@ -102,9 +102,14 @@ impl VmExit {
 /// Errors of building or running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    /// `/dev/kvm` cannot be opened.
-    #[error("/dev/kvm: {0} (is KVM loaded and is /dev/kvm readable and writable by you?)")]
-    Kvm(kvm_ioctls::Error),
+    /// The KVM device cannot be opened or is not KVM.
+    #[error("{path}: {source} (is KVM loaded, and is the device readable and writable by you?)")]
+    Kvm {
+        /// The device path.
+        path: String,
+        /// The cause.
+        source: kvm_ioctls::Error,
+    },
     /// A KVM ioctl failed.
     #[error("KVM refused {what}: {source}")]
     Ioctl {
@@ -242,7 +247,17 @@ impl Vm {
             }
             None => Engine::new(&specs).map_err(VmError::Classes)?,
         };
-        let kvm = Kvm::new().map_err(VmError::Kvm)?;
+        let kvm_error = |source| VmError::Kvm {
+            path: config.kvm_device.display().to_string(),
+            source,
+        };
+        let device = std::ffi::CString::new(config.kvm_device.as_os_str().as_encoded_bytes())
+            .map_err(|_| kvm_error(kvm_ioctls::Error::new(libc::EINVAL)))?;
+        let kvm = Kvm::new_with_path(&device).map_err(kvm_error)?;
+        // Any file opens; only the KVM device answers its version query.
+        if kvm.get_api_version() != 12 {
+            return Err(kvm_error(kvm_ioctls::Error::new(libc::ENOTTY)));
+        }
         let max = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
         if config.cpus == 0 || config.cpus > max {
             return Err(VmError::Cpus {

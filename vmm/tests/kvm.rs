@@ -100,6 +100,7 @@ fn config(kernel: PathBuf, cpus: u32, classes: &[&str]) -> (VmConfig, Receiver<S
             tx,
             pending: Vec::new(),
         })),
+        kvm_device: PathBuf::from("/dev/kvm"),
     };
     (config, rx)
 }
@@ -220,4 +221,41 @@ fn grants_outside_the_class_or_overlapping_are_refused() {
     assert!(h.revoke("fast", 4096).is_err());
     assert!(h.revoke("fast", 0).is_ok());
     assert!(h.grant("fast", 4096, 4096).is_ok());
+}
+
+fn hex_after(line: &str, prefix: &str) -> u64 {
+    let value = line
+        .strip_prefix(prefix)
+        .and_then(|v| v.strip_prefix("0x"))
+        .expect("a hex value");
+    u64::from_str_radix(value, 16).expect("hex")
+}
+
+/// What KVM_SET_CPUID2 hides from a guest's supervisor-mode `cpuid`, measured: on a
+/// kvm_pvm host CMPXCHG16B must be hidden; XSAVE and POPCNT are reported as seen (the
+/// VMM adds kernel arguments for them instead).
+#[test]
+fn cpuid_hides_what_the_emulator_cannot_run() {
+    if !kvm_available() {
+        return;
+    }
+    let backend = Backend::detect();
+    let (config, rx) = config(guest("cpuid"), 1, &["sysram=32M"]);
+    let exit = Vm::new(config).expect("vm").run().expect("vm ran");
+    assert_eq!(exit, VmExit::Reset);
+    let ecx = hex_after(&next_line(&rx), "guest: leaf 1 ecx ");
+    let ebx = hex_after(&next_line(&rx), "guest: leaf 80000008 ebx ");
+    eprintln!(
+        "backend {}: CX16 {}, XSAVE {}, POPCNT {}, hypervisor {}, XSAVEERPTR {}",
+        backend.name(),
+        ecx >> 13 & 1,
+        ecx >> 26 & 1,
+        ecx >> 23 & 1,
+        ecx >> 31 & 1,
+        ebx >> 2 & 1
+    );
+    assert_eq!(ecx >> 31 & 1, 1, "the hypervisor bit is set");
+    if backend == Backend::KvmPvm {
+        assert_eq!(ecx >> 13 & 1, 0, "CX16 is hidden on kvm_pvm");
+    }
 }

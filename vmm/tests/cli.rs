@@ -1,0 +1,234 @@
+//! The `mempart-vmm` command as a user meets it: bad input gets one line naming the
+//! culprit and a non-zero exit, never a panic; `check` prints the accounting or every rule.
+
+// Test helpers fail the test loudly with the reason.
+#![allow(clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const VMM: &str = env!("CARGO_BIN_EXE_mempart-vmm");
+
+fn tmp(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)
+}
+
+fn guest(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guests");
+    let out = tmp(&format!("cli-{name}.elf"));
+    let status = Command::new("gcc")
+        .args([
+            "-ffreestanding",
+            "-nostdlib",
+            "-static",
+            "-no-pie",
+            "-fno-pic",
+            "-mno-sse",
+        ])
+        .args([
+            "-mgeneral-regs-only",
+            "-mno-red-zone",
+            "-O2",
+            "-Wl,-Ttext=0x200000",
+        ])
+        .args(["-Wl,--build-id=none", "-e", "_start", "-o"])
+        .arg(&out)
+        .arg(src.join(format!("{name}.c")))
+        .status()
+        .expect("gcc runs");
+    assert!(status.success());
+    out
+}
+
+fn vmm<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(VMM)
+        .args(args)
+        .output()
+        .expect("mempart-vmm runs")
+}
+
+/// Asserts a failure with exit code 1 and exactly one stderr line containing `needle`.
+fn fails_naming<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], needle: &str) {
+    let out = vmm(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+    assert!(lines[0].starts_with("mempart-vmm: error: "), "{stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: {stderr} lacks {needle:?}"
+    );
+}
+
+fn kvm_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("skipped: /dev/kvm is not available");
+    }
+    ok
+}
+
+#[test]
+fn bad_kernels_are_named() {
+    if !kvm_available() {
+        return;
+    }
+    fails_naming(
+        &["run", "--kernel", "/nonexistent/vmlinux"],
+        "/nonexistent/vmlinux",
+    );
+    let garbage = tmp("garbage.bin");
+    std::fs::write(&garbage, vec![0x5au8; 100_000]).expect("write");
+    let g = garbage.to_str().expect("utf-8");
+    fails_naming(
+        &["run", "--kernel", g],
+        "not a loadable ELF vmlinux or bzImage",
+    );
+    let whole = std::fs::read(guest("smp")).expect("read");
+    let truncated = tmp("truncated.elf");
+    std::fs::write(&truncated, &whole[..200]).expect("write");
+    let t = truncated.to_str().expect("utf-8");
+    fails_naming(&["run", "--kernel", t], t);
+}
+
+#[test]
+fn bad_classes_cpus_and_devices_are_named() {
+    let kernel = guest("smp");
+    let k = kernel.to_str().expect("utf-8");
+    let run = |extra: &[&'static str]| -> Vec<String> {
+        let mut args: Vec<String> = ["run", "--kernel", k]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    fails_naming(&run(&["--class", "fast=0"]), "--class \"fast=0\"");
+    fails_naming(&run(&["--class", "fast=4097"]), "--class \"fast=4097\"");
+    fails_naming(
+        &run(&["--class", "fast=1M", "--class", "fast=2M"]),
+        "\"fast\" is given twice",
+    );
+    fails_naming(&run(&["--serial", "tcp:9"]), "--serial \"tcp:9\"");
+    fails_naming(&run(&["--kvm", "/nonexistent/kvm"]), "/nonexistent/kvm");
+    fails_naming(&run(&["--kvm", "/dev/null"]), "/dev/null");
+    if kvm_available() {
+        fails_naming(&run(&["--class", "fast=63G"]), "64 GiB");
+        fails_naming(&run(&["--class", "sysram=100T"]), "64 GiB");
+        fails_naming(&run(&["--cpus", "0"]), "--cpus 0");
+        fails_naming(&run(&["--cpus", "100000"]), "--cpus 100000");
+    }
+}
+
+#[test]
+fn a_topology_that_breaks_a_rule_stops_run_before_boot() {
+    let topology = tmp("broken.toml");
+    std::fs::write(
+        &topology,
+        "[[partition]]\npath = \"/partition/mem/fast/a\"\nmin = \"2M\"\n",
+    )
+    .expect("write");
+    let t = topology.to_str().expect("utf-8");
+    fails_naming(
+        &[
+            "run",
+            "--kernel",
+            "/nonexistent",
+            "--class",
+            "fast=1M",
+            "--topology",
+            t,
+        ],
+        "ENOMEM",
+    );
+}
+
+#[test]
+fn a_clean_guest_exits_0_and_a_crashing_one_3() {
+    if !kvm_available() {
+        return;
+    }
+    let smp = guest("smp");
+    let out = vmm(&["run", "--kernel", smp.to_str().expect("utf-8")]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "guest: cpus seen 0x0000000000000001\n"
+    );
+    let crash = guest("crash");
+    let out = vmm(&["run", "--kernel", crash.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("guest stopped"));
+}
+
+#[test]
+fn check_prints_the_accounting_or_every_violated_rule() {
+    let good = tmp("good.toml");
+    std::fs::write(
+        &good,
+        "[[partition]]\npath = \"/partition/mem/fast/a\"\nmin = \"32M\"\nmax = \"32M\"\n\
+         [[partition]]\npath = \"/partition/mem/fast/a/b\"\nmax = \"8M\"\n",
+    )
+    .expect("write");
+    let out = vmm(&[
+        "check",
+        "--topology",
+        good.to_str().expect("utf-8"),
+        "--class",
+        "fast=128M",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fast = stdout
+        .lines()
+        .find(|l| l.starts_with("fast "))
+        .expect("a fast row");
+    assert_eq!(
+        fast.split_whitespace().collect::<Vec<_>>(),
+        vec!["fast", "128M", "0", "32M", "96M"]
+    );
+    let a = stdout
+        .lines()
+        .find(|l| l.starts_with("/partition/mem/fast/a "))
+        .expect("row a");
+    assert!(a.contains("Sandbox"), "{a}");
+    assert!(stdout.contains("/partition/mem/fast/a/b"));
+
+    let bad = tmp("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[partition]]\npath = \"/partition/mem/fast/a\"\nmin = \"8M\"\nmax = \"4M\"\n\
+         [[partition]]\npath = \"/partition/mem/nope/b\"\n",
+    )
+    .expect("write");
+    let out = vmm(&[
+        "check",
+        "--topology",
+        bad.to_str().expect("utf-8"),
+        "--class",
+        "fast=16M",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    assert!(
+        stderr.contains("EINVAL") && stderr.contains("ENOENT"),
+        "{stderr}"
+    );
+}
