@@ -55,11 +55,9 @@ fn fails_naming<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], needle:
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
-    assert!(lines[0].starts_with("mempart-vmm: error: "), "{stderr}");
-    assert!(
-        lines[0].contains(needle),
-        "{args:?}: {stderr} lacks {needle:?}"
-    );
+    let line = lines.first().copied().unwrap_or_default();
+    assert!(line.starts_with("mempart-vmm: error: "), "{stderr}");
+    assert!(line.contains(needle), "{args:?}: {stderr} lacks {needle:?}");
 }
 
 fn kvm_available() -> bool {
