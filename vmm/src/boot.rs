@@ -237,32 +237,33 @@ pub fn write_boot_params(
         })
 }
 
-/// Writes identity page tables for `[0, GPA_LIMIT)` with 2 MiB pages, and the GDT.
-pub fn write_page_tables_and_gdt(mem: &GuestMemoryMmap) -> Result<()> {
+/// Writes identity page tables for `[0, top)` (rounded up to a GiB, at most
+/// [`GPA_LIMIT`]) with 2 MiB pages, and the GDT.
+pub fn write_page_tables_and_gdt(mem: &GuestMemoryMmap, top: u64) -> Result<()> {
     let err = |what| {
         move |e: vm_memory::GuestMemoryError| BootError::Memory {
             what,
             reason: e.to_string(),
         }
     };
-    let gibs = GPA_LIMIT / (1 << 30);
+    let gibs = top.min(GPA_LIMIT).div_ceil(1 << 30).max(1);
     mem.write_obj(PDPT | 0x3, GuestAddress(PML4))
         .map_err(err("the PML4"))?;
+    let mut pdpt = Vec::with_capacity(gibs as usize * 8);
+    let mut pds = Vec::with_capacity(gibs as usize * 4096);
     for gib in 0..gibs {
-        let pd = PD_BASE + gib * 0x1000;
-        mem.write_obj(pd | 0x3, GuestAddress(PDPT + gib * 8))
-            .map_err(err("the PDPT"))?;
+        pdpt.extend_from_slice(&((PD_BASE + gib * 0x1000) | 0x3).to_le_bytes());
         for entry in 0..512u64 {
-            let addr = (gib << 30) | (entry << 21);
-            mem.write_obj(addr | 0x83, GuestAddress(pd + entry * 8))
-                .map_err(err("a page directory"))?;
+            pds.extend_from_slice(&((gib << 30) | (entry << 21) | 0x83).to_le_bytes());
         }
     }
-    for (i, descriptor) in GDT.iter().enumerate() {
-        mem.write_obj(*descriptor, GuestAddress(GDT_ADDR + i as u64 * 8))
-            .map_err(err("the GDT"))?;
-    }
-    Ok(())
+    mem.write_slice(&pdpt, GuestAddress(PDPT))
+        .map_err(err("the PDPT"))?;
+    mem.write_slice(&pds, GuestAddress(PD_BASE))
+        .map_err(err("the page directories"))?;
+    let gdt: Vec<u8> = GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
+    mem.write_slice(&gdt, GuestAddress(GDT_ADDR))
+        .map_err(err("the GDT"))
 }
 
 /// Null, 64-bit code (selector 0x8), data (0x10), TSS placeholder (0x18).

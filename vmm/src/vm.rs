@@ -33,6 +33,11 @@ const COM1_IRQ: u32 = 4;
 const I8042_COMMAND: u16 = 0x64;
 /// The i8042 data port.
 const I8042_DATA: u16 = 0x60;
+/// The POST-code port: the benchmark guest's first instruction writes here.
+const POST_PORT: u16 = 0x80;
+/// Environment variable with the wall-clock time (ns since the epoch) the VMM was spawned
+/// at; when set, the VMM reports how long after it the guest's first POST-port write came.
+pub const BOOT_T0_ENV: &str = "MEMPART_BOOT_T0_NS";
 /// Where KVM keeps the TSS on Intel hosts (three pages below the BIOS).
 const TSS_ADDRESS: usize = 0xfffb_d000;
 
@@ -201,6 +206,8 @@ struct Shared {
     max_slots: u32,
     stop: AtomicBool,
     sysram: Sysram,
+    boot_t0: Option<u128>,
+    post_seen: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -322,7 +329,14 @@ impl Vm {
         let class_ranges: Vec<(u64, u64)> = regions.iter().map(|r| (r.base, r.size)).collect();
         let e820 = boot::e820_map(&sysram.ranges, &class_ranges);
         boot::write_boot_params(&sysram.memory, &kernel, &cmdline, initrd, &e820)?;
-        boot::write_page_tables_and_gdt(&sysram.memory)?;
+        let top = class_ranges
+            .iter()
+            .chain(&sysram.ranges)
+            .map(|(base, len)| base + len)
+            .max()
+            .unwrap_or(0)
+            .max(crate::memory::HIGH_RAM_START);
+        boot::write_page_tables_and_gdt(&sysram.memory, top)?;
 
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Serial {
             path: "eventfd".into(),
@@ -382,6 +396,8 @@ impl Vm {
                 max_slots,
                 stop: AtomicBool::new(false),
                 sysram,
+                boot_t0: std::env::var(BOOT_T0_ENV).ok().and_then(|v| v.parse().ok()),
+                post_seen: AtomicBool::new(false),
             }),
             vcpus,
             backend,
@@ -493,6 +509,19 @@ fn io_out(shared: &Shared, port: u16, data: &[u8]) -> Option<VmExit> {
             let _ = lock(&shared.serial).write((port - COM1) as u8, value);
         }
         I8042_COMMAND if value == 0xfe => return Some(VmExit::Reset),
+        POST_PORT => {
+            if let Some(t0) = shared.boot_t0 {
+                if !shared.post_seen.swap(true, Ordering::SeqCst) {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos());
+                    eprintln!(
+                        "mempart-vmm: first guest exit {} us after spawn",
+                        now.saturating_sub(t0) / 1000
+                    );
+                }
+            }
+        }
         _ => {}
     }
     None
