@@ -4,20 +4,25 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use devices::virtio::balloon::{Balloon, BalloonHandle};
+use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, REG_QUEUE_NOTIFY};
+use devices::virtio::{Interrupt, VirtioDevice};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
     kvm_mp_state, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use mempart::topology::Topology;
 use mempart::{ClassId, ClassSpec, Engine};
 use vm_memory::{Bytes, GuestAddress};
 use vm_superio::{Serial, Trigger};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -33,6 +38,10 @@ const COM1_IRQ: u32 = 4;
 const I8042_COMMAND: u16 = 0x64;
 /// The i8042 data port.
 const I8042_DATA: u16 = 0x60;
+/// Where the virtio-mmio register windows start (in the hole below 4 GiB).
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// The interrupt line of the first virtio device; the next ones follow.
+const FIRST_DEVICE_IRQ: u32 = 5;
 /// The POST-code port: the benchmark guest's first instruction writes here.
 const POST_PORT: u16 = 0x80;
 /// Environment variable with the wall-clock time (ns since the epoch) the VMM was spawned
@@ -208,6 +217,10 @@ struct Shared {
     sysram: Sysram,
     boot_t0: Option<u128>,
     post_seen: AtomicBool,
+    devices: Vec<(u64, Arc<Mutex<MmioTransport>>)>,
+    balloon: BalloonHandle,
+    exit: Mutex<Option<VmExit>>,
+    exit_event: EventFd,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -218,6 +231,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Vm {
     shared: Arc<Shared>,
     vcpus: Vec<VcpuFd>,
+    notifiers: Vec<QueueNotifier>,
     /// The backend it runs on.
     pub backend: Backend,
 }
@@ -317,6 +331,20 @@ impl Vm {
             None => None,
         };
         let mut cmdline = config.cmdline.clone();
+        let (balloon, balloon_handle) = Balloon::new();
+        let mut devices = Vec::new();
+        let mut notifiers = Vec::new();
+        let boxed: Vec<Box<dyn VirtioDevice>> = vec![Box::new(balloon)];
+        for (i, device) in boxed.into_iter().enumerate() {
+            let base = VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW;
+            let irq_line = FIRST_DEVICE_IRQ + i as u32;
+            let (transport, notifier) = attach(&vm, device, &sysram, base, irq_line)?;
+            if kernel.linux {
+                cmdline.push_str(&format!(" virtio_mmio.device=4K@0x{base:x}:{irq_line}"));
+            }
+            devices.push((base, transport));
+            notifiers.push(notifier);
+        }
         if backend == Backend::KvmPvm && kernel.linux {
             eprintln!(
                 "mempart-vmm: kvm_pvm host: adding kernel arguments \"{EMULATED_KERNEL_ARGS}\" \
@@ -385,7 +413,12 @@ impl Vm {
             vcpus.push(vcpu);
         }
         let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
+        let exit_event = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Serial {
+            path: "eventfd".into(),
+            source: e,
+        })?;
         Ok(Vm {
+            notifiers,
             shared: Arc::new(Shared {
                 vm,
                 serial: Mutex::new(Serial::new(IrqTrigger(serial_irq), out)),
@@ -398,6 +431,10 @@ impl Vm {
                 sysram,
                 boot_t0: std::env::var(BOOT_T0_ENV).ok().and_then(|v| v.parse().ok()),
                 post_seen: AtomicBool::new(false),
+                devices,
+                balloon: balloon_handle,
+                exit: Mutex::new(None),
+                exit_event,
             }),
             vcpus,
             backend,
@@ -411,35 +448,53 @@ impl Vm {
         }
     }
 
-    /// Runs every vCPU on its own thread until the guest resets, shuts down or crashes,
-    /// then stops the others and returns why.
+    /// Runs every vCPU on its own thread and the device event loop on this one, until the
+    /// guest resets, shuts down or crashes; then stops the vCPUs and returns why.
     pub fn run(self) -> Result<VmExit, VmError> {
         // A no-op handler: the signal only kicks a vCPU thread out of KVM_RUN.
         extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
         register_signal_handler(SIGRTMIN(), kick).map_err(|e| VmError::Thread(e.into()))?;
-        let (exits, exit_rx) = channel();
+        let loop_error =
+            |e: event_manager::Error| VmError::Thread(std::io::Error::other(e.to_string()));
+        let mut events: EventManager<Box<dyn MutEventSubscriber + Send>> =
+            EventManager::new().map_err(loop_error)?;
+        let exited = Arc::new(AtomicBool::new(false));
+        let watcher = ExitWatcher {
+            event: self
+                .shared
+                .exit_event
+                .try_clone()
+                .map_err(VmError::Thread)?,
+            exited: Arc::clone(&exited),
+        };
+        events.add_subscriber(Box::new(watcher));
+        for notifier in self.notifiers {
+            events.add_subscriber(Box::new(notifier));
+        }
         let (done, done_rx) = channel();
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for (index, vcpu) in self.vcpus.into_iter().enumerate() {
             let shared = Arc::clone(&self.shared);
-            let exits: Sender<VmExit> = exits.clone();
             let done = done.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
                     if let Some(exit) = run_vcpu(vcpu, &shared) {
-                        let _ = exits.send(exit);
+                        lock(&shared.exit).get_or_insert(exit);
+                        let _ = shared.exit_event.write(1);
                     }
                     let _ = done.send(index);
                 })
                 .map_err(VmError::Thread)?;
             threads.push(thread);
         }
-        drop(exits);
         drop(done);
-        let exit = exit_rx
-            .recv()
-            .unwrap_or_else(|_| VmExit::Crash("every vCPU thread ended".into()));
+        while !exited.load(Ordering::SeqCst) {
+            events.run().map_err(loop_error)?;
+        }
+        let exit = lock(&self.shared.exit)
+            .take()
+            .unwrap_or_else(|| VmExit::Crash("no vCPU reported an exit".into()));
         self.shared.stop.store(true, Ordering::SeqCst);
         let mut running = threads.len();
         while running > 0 {
@@ -458,6 +513,84 @@ impl Vm {
             let _ = t.join();
         }
         Ok(exit)
+    }
+}
+
+/// Puts a device behind a virtio-mmio window at `base`: its interrupt becomes an irqfd on
+/// `irq_line`, and each queue's notify register an ioeventfd served by the event loop.
+fn attach(
+    vm: &VmFd,
+    device: Box<dyn VirtioDevice>,
+    sysram: &Sysram,
+    base: u64,
+    irq_line: u32,
+) -> Result<(Arc<Mutex<MmioTransport>>, QueueNotifier), VmError> {
+    let ioctl = |what| move |source| VmError::Ioctl { what, source };
+    let eventfd = || {
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Serial {
+            path: "eventfd".into(),
+            source: e,
+        })
+    };
+    let irq = eventfd()?;
+    vm.register_irqfd(&irq, irq_line)
+        .map_err(ioctl("a device interrupt"))?;
+    let transport = MmioTransport::new(device, sysram.memory.clone(), Interrupt::new(irq));
+    let mut fds = Vec::new();
+    for queue in 0..transport.queue_count() {
+        let fd = eventfd()?;
+        vm.register_ioevent(
+            &fd,
+            &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY),
+            queue as u32,
+        )
+        .map_err(ioctl("a queue notification"))?;
+        fds.push(fd);
+    }
+    let transport = Arc::new(Mutex::new(transport));
+    let notifier = QueueNotifier {
+        transport: Arc::clone(&transport),
+        fds,
+    };
+    Ok((transport, notifier))
+}
+
+/// Ends the event loop when a vCPU reports why the VM stopped.
+struct ExitWatcher {
+    event: EventFd,
+    exited: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.event, EventSet::IN));
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.event.read();
+        self.exited.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Hands queue notifications (ioeventfds) to a device's transport, on the event loop.
+struct QueueNotifier {
+    transport: Arc<Mutex<MmioTransport>>,
+    fds: Vec<EventFd>,
+}
+
+impl MutEventSubscriber for QueueNotifier {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (index, fd) in self.fds.iter().enumerate() {
+            let _ = ops.add(Events::with_data(fd, index as u32, EventSet::IN));
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let index = events.data() as usize;
+        if let Some(fd) = self.fds.get(index) {
+            let _ = fd.read();
+        }
+        lock(&self.transport).notify(index);
     }
 }
 
@@ -480,10 +613,20 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared) -> Option<VmExit> {
             }
             VcpuExit::IoIn(port, data) => io_in(shared, port, data),
             VcpuExit::MmioRead(gpa, data) => {
-                data.fill(0xff);
-                mmio(shared, gpa, false);
+                if let Some((base, transport)) = device_at(shared, gpa) {
+                    lock(transport).read(gpa - base, data);
+                } else {
+                    data.fill(0xff);
+                    mmio(shared, gpa, false);
+                }
             }
-            VcpuExit::MmioWrite(gpa, _) => mmio(shared, gpa, true),
+            VcpuExit::MmioWrite(gpa, data) => {
+                if let Some((base, transport)) = device_at(shared, gpa) {
+                    lock(transport).write(gpa - base, data);
+                } else {
+                    mmio(shared, gpa, true);
+                }
+            }
             VcpuExit::Hlt => {}
             VcpuExit::Shutdown => return Some(VmExit::TripleFault),
             VcpuExit::SystemEvent(kind, _) => return Some(VmExit::SystemEvent(kind)),
@@ -500,6 +643,15 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared) -> Option<VmExit> {
             other => return Some(VmExit::Crash(format!("unexpected exit {other:?}"))),
         }
     }
+}
+
+/// The virtio device whose register window holds `gpa`.
+fn device_at(shared: &Shared, gpa: u64) -> Option<(u64, &Mutex<MmioTransport>)> {
+    shared
+        .devices
+        .iter()
+        .find(|(base, _)| gpa >= *base && gpa - base < MMIO_WINDOW)
+        .map(|(base, t)| (*base, t.as_ref()))
 }
 
 fn io_out(shared: &Shared, port: u16, data: &[u8]) -> Option<VmExit> {
@@ -640,6 +792,11 @@ impl VmHandle {
                     reason: e.to_string(),
                 })
             })
+    }
+
+    /// The balloon: set its target, read what the guest did.
+    pub fn balloon(&self) -> &BalloonHandle {
+        &self.shared.balloon
     }
 
     /// Every violation seen so far.
