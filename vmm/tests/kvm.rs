@@ -259,3 +259,52 @@ fn cpuid_hides_what_the_emulator_cannot_run() {
         assert_eq!(ecx >> 13 & 1, 0, "CX16 is hidden on kvm_pvm");
     }
 }
+
+/// A tiny guest with its own virtio-mmio balloon driver: the target set by the host is
+/// read by the guest; the pages it inflates leave the VMM's resident memory; deflated
+/// pages are usable again.
+#[test]
+fn balloon_target_reaches_the_guest_and_inflated_pages_leave_the_host() {
+    if !kvm_available() {
+        return;
+    }
+    const PAGES: u64 = 64;
+    let (config, rx) = config(guest("balloon"), 1, &["sysram=64M"]);
+    let vm = Vm::new(config).expect("vm");
+    let handle = vm.handle();
+    handle.balloon().set_target(PAGES as u32).expect("target");
+    let running = std::thread::spawn(move || vm.run());
+    assert_eq!(
+        next_line(&rx),
+        format!("guest: balloon target 0x{PAGES:016x}")
+    );
+    assert_eq!(next_line(&rx), "guest: touched");
+    let before = handle.resident("sysram").expect("sysram");
+    handle
+        .write_sysram(MAILBOX, &1u64.to_le_bytes())
+        .expect("mailbox");
+    assert_eq!(next_line(&rx), "guest: inflated");
+    let after = handle.resident("sysram").expect("sysram");
+    assert!(
+        before >= after + PAGES * 4096,
+        "resident sysram went from {before} to {after}"
+    );
+    let status = handle.balloon().status();
+    assert_eq!(
+        (status.inflated_pages, status.actual_pages, status.rejected),
+        (PAGES, PAGES as u32, 0)
+    );
+    handle
+        .write_sysram(MAILBOX, &2u64.to_le_bytes())
+        .expect("mailbox");
+    assert_eq!(
+        next_line(&rx),
+        format!("guest: deflated, zeroed 0x{PAGES:016x} usable 0x{PAGES:016x}")
+    );
+    assert_eq!(
+        running.join().expect("vm thread").expect("vm ran"),
+        VmExit::Reset
+    );
+    let status = handle.balloon().status();
+    assert_eq!((status.inflated_pages, status.actual_pages), (0, 0));
+}
