@@ -1,5 +1,9 @@
 //! Hostile input: bad names, huge sizes, stale ids and deep trees give errors, never panics.
 
+mod common;
+
+use common::{errno, ok};
+
 use mempart::{
     ClassSpec, Credential, Engine, Errno, Grant, Limits, NewPartition, Spawn, MAX_DEPTH,
     MAX_PARTITIONS, UNLIMITED,
@@ -8,17 +12,6 @@ use mempart::{
 const HOST: Credential = Credential::Host;
 const PAGE: u64 = 4096;
 const TOP: u64 = u64::MAX - (PAGE - 1);
-
-fn errno<T: std::fmt::Debug>(r: mempart::Result<T>) -> Errno {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.errno,
-    }
-}
-
-fn ok<T>(r: mempart::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn limits(min: u64, max: u64) -> NewPartition {
     NewPartition {

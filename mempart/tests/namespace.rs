@@ -1,5 +1,9 @@
 //! Name space, groups, processes, inheritance, shared objects and events.
 
+mod common;
+
+use common::{errno, ok};
+
 use mempart::{
     ClassSpec, Credential, DirEntry, Engine, EntryKind, Errno, EventFilter, EventKind, Limits,
     NewPartition, Node, Spawn, Target,
@@ -7,17 +11,6 @@ use mempart::{
 
 const MIB: u64 = 1 << 20;
 const HOST: Credential = Credential::Host;
-
-fn ok<T>(r: mempart::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn errno<T: std::fmt::Debug>(r: mempart::Result<T>) -> Errno {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.errno,
-    }
-}
 
 /// sysram, "class 1" and "class 2"; partitions sysram/p0, "class 1"/p1, "class 2"/p3;
 /// group my_pseudo_p0 naming all three.

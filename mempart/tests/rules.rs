@@ -1,5 +1,9 @@
 //! One test per accounting rule and per error code of the engine.
 
+mod common;
+
+use common::{errno, ok};
+
 use mempart::{
     ClassSpec, Credential, Engine, Errno, EventFilter, EventKind, Limits, NewPartition, Policy,
     SetOutcome, Spawn, UNLIMITED,
@@ -22,17 +26,6 @@ fn limits(min: u64, max: u64) -> NewPartition {
         limits: Limits { min, max },
         ..NewPartition::default()
     }
-}
-
-fn errno<T: std::fmt::Debug>(r: mempart::Result<T>) -> Errno {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.errno,
-    }
-}
-
-fn ok<T>(r: mempart::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn used(e: &Engine, path: &str) -> u64 {

@@ -4,40 +4,17 @@
 // Test helpers fail the test loudly with the reason.
 #![allow(clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::{guest, kvm_available};
 
 const VMM: &str = env!("CARGO_BIN_EXE_mempart-vmm");
 
 fn tmp(name: &str) -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)
-}
-
-fn guest(name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guests");
-    let out = tmp(&format!("cli-{name}.elf"));
-    let status = Command::new("gcc")
-        .args([
-            "-ffreestanding",
-            "-nostdlib",
-            "-static",
-            "-no-pie",
-            "-fno-pic",
-            "-mno-sse",
-        ])
-        .args([
-            "-mgeneral-regs-only",
-            "-mno-red-zone",
-            "-O2",
-            "-Wl,-Ttext=0x200000",
-        ])
-        .args(["-Wl,--build-id=none", "-e", "_start", "-o"])
-        .arg(&out)
-        .arg(src.join(format!("{name}.c")))
-        .status()
-        .expect("gcc runs");
-    assert!(status.success());
-    out
 }
 
 fn vmm<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
@@ -58,18 +35,6 @@ fn fails_naming<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], needle:
     let line = lines.first().copied().unwrap_or_default();
     assert!(line.starts_with("mempart-vmm: error: "), "{stderr}");
     assert!(line.contains(needle), "{args:?}: {stderr} lacks {needle:?}");
-}
-
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("skipped: /dev/kvm is not available");
-    }
-    ok
 }
 
 #[test]

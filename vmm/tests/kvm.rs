@@ -4,12 +4,14 @@
 // Test helpers fail the test loudly with the reason.
 #![allow(clippy::expect_used)]
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
+use common::{guest, kvm_available};
 use vmm::config::{parse_class, with_sysram};
 use vmm::{Backend, SerialOut, Vm, VmConfig, VmExit};
 
@@ -17,47 +19,6 @@ const MAILBOX: u64 = 0x80000;
 const MIB: u64 = 1 << 20;
 /// A guard against a hung guest, not a synchronisation: every wait ends on an event first.
 const GUARD: Duration = Duration::from_secs(60);
-
-/// Builds `tests/guests/<name>.c` into a static ELF linked at 2 MiB.
-fn guest(name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guests");
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.elf"));
-    let status = Command::new("gcc")
-        .args([
-            "-ffreestanding",
-            "-nostdlib",
-            "-static",
-            "-no-pie",
-            "-fno-pic",
-            "-mno-sse",
-            "-mgeneral-regs-only",
-            "-mno-red-zone",
-            "-O2",
-            "-Wl,-Ttext=0x200000",
-            "-Wl,--build-id=none",
-            "-e",
-            "_start",
-            "-o",
-        ])
-        .arg(&out)
-        .arg(src.join(format!("{name}.c")))
-        .status()
-        .expect("gcc runs");
-    assert!(status.success(), "gcc failed on {name}.c");
-    out
-}
-
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("skipped: /dev/kvm is not available");
-    }
-    ok
-}
 
 /// Sends the console's bytes to the test, a line at a time.
 struct Lines {

@@ -6,6 +6,8 @@
 // Test helpers fail the test loudly with the reason.
 #![allow(clippy::expect_used)]
 
+mod common;
+
 use std::process::Command;
 
 #[test]

@@ -1,0 +1,60 @@
+//! Helpers shared by the VMM's integration tests: building test guests, finding KVM.
+
+// Each test crate includes this module and uses only part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Makes every build's output file unique, so tests running in parallel never share one.
+static BUILDS: AtomicUsize = AtomicUsize::new(0);
+
+/// Builds `tests/guests/<name>.c` (or `.S`) into a static ELF linked at 2 MiB, with the
+/// flags a freestanding, SIMD-free guest needs.
+pub fn guest(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guests");
+    let build = BUILDS.fetch_add(1, Ordering::Relaxed);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}-{build}.elf", std::process::id()));
+    let source = ["c", "S"]
+        .iter()
+        .map(|ext| src.join(format!("{name}.{ext}")))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no guest source {name}"));
+    let status = Command::new("gcc")
+        .args([
+            "-ffreestanding",
+            "-nostdlib",
+            "-static",
+            "-no-pie",
+            "-fno-pic",
+        ])
+        .args(["-mno-sse", "-mgeneral-regs-only", "-mno-red-zone", "-O2"])
+        .args([
+            "-Wl,-Ttext=0x200000",
+            "-Wl,--build-id=none",
+            "-e",
+            "_start",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(source)
+        .status()
+        .unwrap_or_else(|e| panic!("gcc: {e}"));
+    assert!(status.success(), "gcc failed on guest {name}");
+    out
+}
+
+/// Whether /dev/kvm can be opened; says why a test is skipped when not.
+pub fn kvm_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("skipped: /dev/kvm is not available");
+    }
+    ok
+}
