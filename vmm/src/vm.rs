@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use devices::virtio::balloon::{Balloon, BalloonHandle};
+use devices::virtio::console::{AgentChannel, Console};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, REG_QUEUE_NOTIFY};
 use devices::virtio::{Interrupt, VirtioDevice};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -191,7 +192,7 @@ impl Trigger for IrqTrigger {
     }
 }
 
-type Console = Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
+type SerialConsole = Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
 
 /// A guest access to class memory that was not granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +208,7 @@ pub struct Violation {
 /// State shared by the vCPU threads and the VM's handles.
 struct Shared {
     vm: VmFd,
-    serial: Mutex<Console>,
+    serial: Mutex<SerialConsole>,
     classes: Mutex<Vec<ClassRegion>>,
     engine: Mutex<Engine>,
     violations: Mutex<Vec<Violation>>,
@@ -219,6 +220,7 @@ struct Shared {
     post_seen: AtomicBool,
     devices: Vec<(u64, Arc<Mutex<MmioTransport>>)>,
     balloon: BalloonHandle,
+    agent: AgentChannel,
     exit: Mutex<Option<VmExit>>,
     exit_event: EventFd,
 }
@@ -332,9 +334,14 @@ impl Vm {
         };
         let mut cmdline = config.cmdline.clone();
         let (balloon, balloon_handle) = Balloon::new();
+        let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Serial {
+            path: "eventfd".into(),
+            source: e,
+        })?;
+        let (console, agent) = Console::new(kick);
         let mut devices = Vec::new();
         let mut notifiers = Vec::new();
-        let boxed: Vec<Box<dyn VirtioDevice>> = vec![Box::new(balloon)];
+        let boxed: Vec<Box<dyn VirtioDevice>> = vec![Box::new(balloon), Box::new(console)];
         for (i, device) in boxed.into_iter().enumerate() {
             let base = VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW;
             let irq_line = FIRST_DEVICE_IRQ + i as u32;
@@ -433,6 +440,7 @@ impl Vm {
                 post_seen: AtomicBool::new(false),
                 devices,
                 balloon: balloon_handle,
+                agent,
                 exit: Mutex::new(None),
                 exit_event,
             }),
@@ -547,10 +555,18 @@ fn attach(
         .map_err(ioctl("a queue notification"))?;
         fds.push(fd);
     }
+    let backend = transport
+        .backend_event()
+        .transpose()
+        .map_err(|e| VmError::Serial {
+            path: "eventfd".into(),
+            source: e,
+        })?;
     let transport = Arc::new(Mutex::new(transport));
     let notifier = QueueNotifier {
         transport: Arc::clone(&transport),
         fds,
+        backend,
     };
     Ok((transport, notifier))
 }
@@ -572,20 +588,35 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
-/// Hands queue notifications (ioeventfds) to a device's transport, on the event loop.
+/// Hands queue notifications (ioeventfds) and backend wake-ups to a device's transport,
+/// on the event loop.
 struct QueueNotifier {
     transport: Arc<Mutex<MmioTransport>>,
     fds: Vec<EventFd>,
+    backend: Option<EventFd>,
 }
+
+/// The event data that marks the backend's eventfd (queue indexes are small).
+const BACKEND_EVENT: u32 = u32::MAX;
 
 impl MutEventSubscriber for QueueNotifier {
     fn init(&mut self, ops: &mut EventOps) {
         for (index, fd) in self.fds.iter().enumerate() {
             let _ = ops.add(Events::with_data(fd, index as u32, EventSet::IN));
         }
+        if let Some(fd) = &self.backend {
+            let _ = ops.add(Events::with_data(fd, BACKEND_EVENT, EventSet::IN));
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == BACKEND_EVENT {
+            if let Some(fd) = &self.backend {
+                let _ = fd.read();
+            }
+            lock(&self.transport).backend_ready();
+            return;
+        }
         let index = events.data() as usize;
         if let Some(fd) = self.fds.get(index) {
             let _ = fd.read();
@@ -797,6 +828,11 @@ impl VmHandle {
     /// The balloon: set its target, read what the guest did.
     pub fn balloon(&self) -> &BalloonHandle {
         &self.shared.balloon
+    }
+
+    /// The VMM's end of the agent channel (the console's `org.mempart.agent.0` port).
+    pub fn agent(&self) -> &AgentChannel {
+        &self.shared.agent
     }
 
     /// Every violation seen so far.

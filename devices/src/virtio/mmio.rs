@@ -111,9 +111,16 @@ impl MmioTransport {
         }
     }
 
-    /// The device behind the window.
-    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
-        self.device.as_mut()
+    /// The device's backend moved data (its eventfd fired).
+    pub fn backend_ready(&mut self) {
+        if self.activated() {
+            self.device.backend_ready();
+        }
+    }
+
+    /// A duplicate of the device's backend eventfd, for the event loop.
+    pub fn backend_event(&self) -> Option<std::io::Result<vmm_sys_util::eventfd::EventFd>> {
+        self.device.backend_event().map(|fd| fd.try_clone())
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {

@@ -1,6 +1,7 @@
 //! What every virtio device offers its transport, and how it interrupts the guest.
 
 pub mod balloon;
+pub mod console;
 pub mod mmio;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -111,6 +112,13 @@ pub trait VirtioDevice: Send {
     fn queue_notified(&mut self, index: usize);
     /// Stops the device and forgets the queues (the driver reset it).
     fn reset(&mut self);
+    /// An eventfd the device's VMM-side backend signals when it has moved data; the
+    /// event loop then calls [`VirtioDevice::backend_ready`].
+    fn backend_event(&self) -> Option<&EventFd> {
+        None
+    }
+    /// The backend signalled its eventfd.
+    fn backend_ready(&mut self) {}
 }
 
 /// Copies `config[offset..]` into `data`, zero-filling past the end.
