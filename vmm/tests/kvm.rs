@@ -6,43 +6,15 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::time::Duration;
+use std::sync::mpsc::{channel, Receiver};
 
-use common::{guest, kvm_available};
+use common::{guest, kvm_available, next_line, Lines};
 use vmm::config::{parse_class, with_sysram};
 use vmm::{Backend, SerialOut, Vm, VmConfig, VmExit};
 
 const MAILBOX: u64 = 0x80000;
 const MIB: u64 = 1 << 20;
-/// A guard against a hung guest, not a synchronisation: every wait ends on an event first.
-const GUARD: Duration = Duration::from_secs(60);
-
-/// Sends the console's bytes to the test, a line at a time.
-struct Lines {
-    tx: Sender<String>,
-    pending: Vec<u8>,
-}
-
-impl Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for &b in buf {
-            if b == b'\n' {
-                let line = String::from_utf8_lossy(&self.pending).into_owned();
-                let _ = self.tx.send(line);
-                self.pending.clear();
-            } else {
-                self.pending.push(b);
-            }
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn config(kernel: PathBuf, cpus: u32, classes: &[&str]) -> (VmConfig, Receiver<String>) {
     let (tx, rx) = channel();
@@ -57,17 +29,10 @@ fn config(kernel: PathBuf, cpus: u32, classes: &[&str]) -> (VmConfig, Receiver<S
         cpus,
         classes: with_sysram(classes).expect("classes"),
         topology: None,
-        serial: SerialOut::Writer(Box::new(Lines {
-            tx,
-            pending: Vec::new(),
-        })),
+        serial: SerialOut::Writer(Box::new(Lines::new(tx))),
         kvm_device: PathBuf::from("/dev/kvm"),
     };
     (config, rx)
-}
-
-fn next_line(rx: &Receiver<String>) -> String {
-    rx.recv_timeout(GUARD).expect("the guest printed a line")
 }
 
 #[test]

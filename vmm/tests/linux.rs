@@ -1,32 +1,41 @@
-//! Boots a real Linux kernel when one is given in MEMPART_TEST_KERNEL (a vmlinux or
-//! bzImage, e.g. from images/build-kernel); skips with a one-line reason otherwise.
-//! Without an initramfs the kernel runs its whole boot, fails to find a root file system,
-//! panics and, with `panic=-1 reboot=k`, resets through the i8042: the VMM exits 0.
+//! Real Linux guests, when a kernel is given in MEMPART_TEST_KERNEL (a vmlinux or bzImage
+//! from `images/build-kernel`, the pvm variant on kvm_pvm hosts) and, for the device test,
+//! an initramfs in MEMPART_TEST_INITRAMFS (from `images/build-initramfs`). Each test
+//! skips with a one-line reason when what it needs is missing.
 
 // Test helpers fail the test loudly with the reason.
 #![allow(clippy::expect_used)]
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::mpsc::channel;
+use std::time::Instant;
 
+use common::{kvm_available, line_starting, Lines, GUARD};
+use vmm::config::{parse_class, with_sysram};
+use vmm::{Backend, SerialOut, Vm, VmConfig, VmExit};
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(name).map(PathBuf::from);
+    if path.is_none() {
+        eprintln!("skipped: set {name} to run this test");
+    }
+    path
+}
+
+/// Without an initramfs the kernel runs its whole boot, fails to find a root file
+/// system, panics and, with `panic=-1 reboot=k`, resets through the i8042: exit 0.
 #[test]
 fn linux_boots_to_its_console_and_resets_cleanly() {
-    let Some(kernel) = std::env::var_os("MEMPART_TEST_KERNEL") else {
-        eprintln!("skipped: set MEMPART_TEST_KERNEL to a vmlinux or bzImage to boot Linux");
+    let Some(kernel) = env_path("MEMPART_TEST_KERNEL") else {
         return;
     };
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        eprintln!("skipped: /dev/kvm is not available");
+    if !kvm_available() {
         return;
     }
-    let backend = vmm::Backend::detect();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_mempart-vmm"))
         .args([
             "run",
@@ -42,7 +51,7 @@ fn linux_boots_to_its_console_and_resets_cleanly() {
     let console = String::from_utf8_lossy(&out.stdout);
     eprintln!(
         "backend {}: Linux ran {:.1} s and exited with {:?}",
-        backend.name(),
+        Backend::detect().name(),
         started.elapsed().as_secs_f64(),
         out.status.code()
     );
@@ -59,5 +68,83 @@ fn linux_boots_to_its_console_and_resets_cleanly() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Linux binds both virtio drivers: its init finds the agent port by the name read from
+/// /sys/class/virtio-ports/*/name and greets the host over it; the balloon driver
+/// inflates to the host's target and reports it as `actual`.
+#[test]
+fn linux_binds_the_agent_port_and_the_balloon() {
+    let (Some(kernel), Some(initrd)) = (
+        env_path("MEMPART_TEST_KERNEL"),
+        env_path("MEMPART_TEST_INITRAMFS"),
+    ) else {
+        return;
+    };
+    if !kvm_available() {
+        return;
+    }
+    const TARGET: u32 = 2048;
+    let (tx, rx) = channel();
+    let config = VmConfig {
+        kernel,
+        initrd: Some(initrd),
+        cmdline: "console=ttyS0 reboot=k panic=-1".into(),
+        cpus: 1,
+        classes: with_sysram(vec![parse_class("sysram=128M").expect("class")]).expect("classes"),
+        topology: None,
+        serial: SerialOut::Writer(Box::new(Lines::new(tx))),
+        kvm_device: PathBuf::from("/dev/kvm"),
+    };
+    let started = Instant::now();
+    let vm = Vm::new(config).expect("vm");
+    let handle = vm.handle();
+    handle.balloon().set_target(TARGET).expect("target");
+    let running = std::thread::spawn(move || vm.run());
+
+    let port = line_starting(&rx, "init: ");
+    assert!(port.starts_with("init: up"), "{port}");
+    let port = line_starting(&rx, "init: ");
+    assert!(port.starts_with("init: agent port /dev/vport"), "{port}");
+    eprintln!("init ran after {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(line_starting(&rx, "init: "), "init: greeted the host");
+
+    let mut greeting = Vec::new();
+    let deadline = Instant::now() + GUARD;
+    while !greeting.ends_with(b"\n") {
+        assert!(Instant::now() < deadline, "no greeting over the agent port");
+        let mut buf = [0u8; 128];
+        let n = handle.agent().read(&mut buf);
+        greeting.extend_from_slice(&buf[..n]);
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&greeting),
+        "hello from linux: org.mempart.agent.0\n"
+    );
+
+    let deadline = Instant::now() + GUARD;
+    while handle.balloon().status().actual_pages != TARGET {
+        assert!(
+            Instant::now() < deadline,
+            "balloon at {:?}",
+            handle.balloon().status()
+        );
+        std::thread::yield_now();
+    }
+    let status = handle.balloon().status();
+    assert!(status.inflated_pages >= u64::from(TARGET), "{status:?}");
+
+    assert_eq!(handle.agent().write(b"done\n"), 5);
+    assert_eq!(line_starting(&rx, "init: "), "init: host said done");
+    assert_eq!(
+        running.join().expect("vm thread").expect("vm ran"),
+        VmExit::Reset
+    );
+    eprintln!(
+        "backend {}: boot to reset {:.1} s",
+        Backend::detect().name(),
+        started.elapsed().as_secs_f64()
     );
 }

@@ -3,9 +3,12 @@
 // Each test crate includes this module and uses only part of it.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Duration;
 
 /// Makes every build's output file unique, so tests running in parallel never share one.
 static BUILDS: AtomicUsize = AtomicUsize::new(0);
@@ -57,4 +60,60 @@ pub fn kvm_available() -> bool {
         eprintln!("skipped: /dev/kvm is not available");
     }
     ok
+}
+
+/// A guard against a hung guest, not a synchronisation: every wait ends on an event first.
+pub const GUARD: Duration = Duration::from_secs(180);
+
+/// Sends the console's bytes to the test, a line at a time.
+pub struct Lines {
+    tx: Sender<String>,
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    /// Lines go to `tx`.
+    pub fn new(tx: Sender<String>) -> Lines {
+        Lines {
+            tx,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.pending)
+                    .trim_end_matches('\r')
+                    .to_string();
+                let _ = self.tx.send(line);
+                self.pending.clear();
+            } else {
+                self.pending.push(b);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The next console line.
+pub fn next_line(rx: &Receiver<String>) -> String {
+    rx.recv_timeout(GUARD)
+        .unwrap_or_else(|e| panic!("no console line within {GUARD:?}: {e}"))
+}
+
+/// The first console line starting with `prefix`, skipping the others (kernel messages).
+pub fn line_starting(rx: &Receiver<String>, prefix: &str) -> String {
+    loop {
+        let line = next_line(rx);
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
 }
