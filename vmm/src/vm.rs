@@ -333,12 +333,14 @@ impl Vm {
             None => None,
         };
         let mut cmdline = config.cmdline.clone();
-        let (balloon, balloon_handle) = Balloon::new();
-        let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Serial {
-            path: "eventfd".into(),
-            source: e,
-        })?;
-        let (console, agent) = Console::new(kick);
+        let eventfd = || {
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Serial {
+                path: "eventfd".into(),
+                source: e,
+            })
+        };
+        let (balloon, balloon_handle) = Balloon::new(eventfd()?);
+        let (console, agent) = Console::new(eventfd()?);
         let mut devices = Vec::new();
         let mut notifiers = Vec::new();
         let boxed: Vec<Box<dyn VirtioDevice>> = vec![Box::new(balloon), Box::new(console)];

@@ -10,6 +10,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{
     read_config_bytes, ActivateError, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -61,7 +62,7 @@ pub struct BalloonStatus {
 struct Shared {
     status: BalloonStatus,
     interrupt: Option<Interrupt>,
-    stats_waiting: bool,
+    stats_wanted: bool,
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -72,6 +73,7 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 #[derive(Clone)]
 pub struct BalloonHandle {
     shared: Arc<Mutex<Shared>>,
+    kick: Arc<EventFd>,
 }
 
 impl BalloonHandle {
@@ -90,11 +92,18 @@ impl BalloonHandle {
     pub fn status(&self) -> BalloonStatus {
         lock(&self.shared).status.clone()
     }
+
+    /// Asks the guest for fresh statistics (they land in [`BalloonStatus::stats`]).
+    pub fn request_stats(&self) -> std::io::Result<()> {
+        lock(&self.shared).stats_wanted = true;
+        self.kick.write(1)
+    }
 }
 
 /// The balloon device model.
 pub struct Balloon {
     shared: Arc<Mutex<Shared>>,
+    kick: Arc<EventFd>,
     features: u64,
     mem: Option<GuestMemoryMmap>,
     queues: Vec<(Role, Queue)>,
@@ -102,14 +111,18 @@ pub struct Balloon {
 }
 
 impl Balloon {
-    /// A balloon offering statistics, deflate-on-OOM and free page reporting.
-    pub fn new() -> (Balloon, BalloonHandle) {
+    /// A balloon offering statistics, deflate-on-OOM and free page reporting; `kick`
+    /// wakes the event loop when the VMM asks for statistics.
+    pub fn new(kick: EventFd) -> (Balloon, BalloonHandle) {
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let kick = Arc::new(kick);
         let handle = BalloonHandle {
             shared: Arc::clone(&shared),
+            kick: Arc::clone(&kick),
         };
         let balloon = Balloon {
             shared,
+            kick,
             features: VIRTIO_F_VERSION_1 | F_STATS_VQ | F_DEFLATE_ON_OOM | F_REPORTING,
             mem: None,
             queues: Vec::new(),
@@ -119,7 +132,7 @@ impl Balloon {
     }
 
     /// Asks the guest for fresh statistics by returning the buffer it left.
-    pub fn request_stats(&mut self) {
+    fn request_stats(&mut self) {
         let (Some(head), Some(mem)) = (self.stats_head.take(), self.mem.as_ref()) else {
             return;
         };
@@ -147,7 +160,6 @@ impl Balloon {
                 Role::Reporting => reported_ranges(&mem, chain, &mut shared.status),
                 Role::Stats => {
                     read_stats(&mem, chain, &mut shared.status);
-                    shared.stats_waiting = true;
                     self.stats_head = Some(head);
                     continue;
                 }
@@ -337,6 +349,16 @@ impl VirtioDevice for Balloon {
         self.process(index);
     }
 
+    fn backend_event(&self) -> Option<&EventFd> {
+        Some(&self.kick)
+    }
+
+    fn backend_ready(&mut self) {
+        if std::mem::take(&mut lock(&self.shared).stats_wanted) {
+            self.request_stats();
+        }
+    }
+
     fn reset(&mut self) {
         self.queues.clear();
         self.mem = None;
@@ -354,7 +376,6 @@ mod tests {
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vmm_sys_util::eventfd::EventFd;
 
     const MEM: u64 = 0x100_0000;
     const DATA: u64 = 0x10_0000;
@@ -405,7 +426,8 @@ mod tests {
         let queues: Vec<_> = (0..4u64)
             .map(|i| MockSplitQueue::create(mem, GuestAddress(i * 0x1_0000), 16))
             .collect();
-        let (mut balloon, handle) = Balloon::new();
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap_or_else(|e| panic!("{e}"));
+        let (mut balloon, handle) = Balloon::new(kick);
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap_or_else(|e| panic!("{e}"));
         let interrupt = Interrupt::new(irq.try_clone().unwrap_or_else(|e| panic!("{e}")));
         let activation = Activation {
@@ -538,7 +560,10 @@ mod tests {
                 .unwrap_or_default()
         };
         assert_eq!(used(&mem), 0);
-        r.balloon.request_stats();
+        r.balloon.backend_ready();
+        assert_eq!(used(&mem), 0, "nobody asked");
+        r.handle.request_stats().unwrap_or_else(|e| panic!("{e}"));
+        r.balloon.backend_ready();
         assert_eq!(used(&mem), 1);
     }
 
@@ -560,7 +585,8 @@ mod tests {
     #[test]
     fn activation_needs_the_queues_the_features_imply() {
         let mem = memory();
-        let (mut balloon, _) = Balloon::new();
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap_or_else(|e| panic!("{e}"));
+        let (mut balloon, _) = Balloon::new(kick);
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap_or_else(|e| panic!("{e}"));
         let q = MockSplitQueue::new(&mem, 16);
         let activation = Activation {
