@@ -195,3 +195,34 @@ fn check_prints_the_accounting_or_every_violated_rule() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_class_can_live_in_a_file_and_hugepages_either_work_or_are_named() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = guest("smp");
+    let k = kernel.to_str().expect("utf-8");
+    let backing = tmp("fast.class");
+    let _ = std::fs::remove_file(&backing);
+    let class = format!("fast=1M,file={}", backing.display());
+    let out = vmm(&["run", "--kernel", k, "--class", &class]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&backing).map(|m| m.len()).ok(),
+        Some(1 << 20)
+    );
+
+    let out = vmm(&["run", "--kernel", k, "--class", "huge=2M,hugepages"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => {}
+        Some(1) => assert!(stderr.contains("class huge"), "{stderr}"),
+        other => panic!("exit {other:?}: {stderr}"),
+    }
+}
