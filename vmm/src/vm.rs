@@ -180,6 +180,12 @@ pub enum VmError {
     /// A vCPU thread could not be started.
     #[error("starting vCPU thread: {0}")]
     Thread(std::io::Error),
+    /// An eventfd could not be created or duplicated.
+    #[error("creating an eventfd: {0}")]
+    EventFd(std::io::Error),
+    /// The event loop or the vCPU kick signal failed.
+    #[error("event loop: {0}")]
+    EventLoop(String),
 }
 
 /// Signals a serial interrupt through an irqfd.
@@ -333,12 +339,7 @@ impl Vm {
             None => None,
         };
         let mut cmdline = config.cmdline.clone();
-        let eventfd = || {
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Serial {
-                path: "eventfd".into(),
-                source: e,
-            })
-        };
+        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd);
         let (balloon, balloon_handle) = Balloon::new(eventfd()?);
         let (console, agent) = Console::new(eventfd()?);
         let mut devices = Vec::new();
@@ -375,10 +376,7 @@ impl Vm {
             .max(crate::memory::HIGH_RAM_START);
         boot::write_page_tables_and_gdt(&sysram.memory, top)?;
 
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Serial {
-            path: "eventfd".into(),
-            source: e,
-        })?;
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(ioctl("the serial interrupt"))?;
         let out: Box<dyn Write + Send> = match config.serial {
@@ -422,10 +420,7 @@ impl Vm {
             vcpus.push(vcpu);
         }
         let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
-        let exit_event = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Serial {
-            path: "eventfd".into(),
-            source: e,
-        })?;
+        let exit_event = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
         Ok(Vm {
             notifiers,
             shared: Arc::new(Shared {
@@ -463,9 +458,9 @@ impl Vm {
     pub fn run(self) -> Result<VmExit, VmError> {
         // A no-op handler: the signal only kicks a vCPU thread out of KVM_RUN.
         extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-        register_signal_handler(SIGRTMIN(), kick).map_err(|e| VmError::Thread(e.into()))?;
-        let loop_error =
-            |e: event_manager::Error| VmError::Thread(std::io::Error::other(e.to_string()));
+        register_signal_handler(SIGRTMIN(), kick)
+            .map_err(|e| VmError::EventLoop(format!("the vCPU kick signal: {e}")))?;
+        let loop_error = |e: event_manager::Error| VmError::EventLoop(e.to_string());
         let mut events: EventManager<Box<dyn MutEventSubscriber + Send>> =
             EventManager::new().map_err(loop_error)?;
         let exited = Arc::new(AtomicBool::new(false));
@@ -474,7 +469,7 @@ impl Vm {
                 .shared
                 .exit_event
                 .try_clone()
-                .map_err(VmError::Thread)?,
+                .map_err(VmError::EventFd)?,
             exited: Arc::clone(&exited),
         };
         events.add_subscriber(Box::new(watcher));
@@ -536,12 +531,7 @@ fn attach(
     irq_line: u32,
 ) -> Result<(Arc<Mutex<MmioTransport>>, QueueNotifier), VmError> {
     let ioctl = |what| move |source| VmError::Ioctl { what, source };
-    let eventfd = || {
-        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Serial {
-            path: "eventfd".into(),
-            source: e,
-        })
-    };
+    let eventfd = || EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd);
     let irq = eventfd()?;
     vm.register_irqfd(&irq, irq_line)
         .map_err(ioctl("a device interrupt"))?;
@@ -560,10 +550,7 @@ fn attach(
     let backend = transport
         .backend_event()
         .transpose()
-        .map_err(|e| VmError::Serial {
-            path: "eventfd".into(),
-            source: e,
-        })?;
+        .map_err(VmError::EventFd)?;
     let transport = Arc::new(Mutex::new(transport));
     let notifier = QueueNotifier {
         transport: Arc::clone(&transport),
