@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod config;
 pub mod memory;
+pub mod service;
 pub mod vm;
 
 pub use config::{SerialOut, VmConfig};

@@ -13,7 +13,7 @@ use devices::virtio::balloon::{Balloon, BalloonHandle};
 use devices::virtio::console::{AgentChannel, Console};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, REG_QUEUE_NOTIFY};
 use devices::virtio::{Interrupt, VirtioDevice};
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
     kvm_mp_state, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
     KVM_PIT_SPEAKER_DUMMY,
@@ -23,7 +23,7 @@ use mempart::topology::Topology;
 use mempart::{ClassId, ClassSpec, Engine};
 use vm_memory::{Bytes, GuestAddress};
 use vm_superio::{Serial, Trigger};
-use vmm_sys_util::epoll::EventSet;
+
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 

@@ -1,0 +1,306 @@
+//! The partition service: serves the wire protocol over any byte stream on one engine.
+//! Every permission decision is the engine's; the service only checks that a guest
+//! connection does not claim the host's authority.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use mempart::{Credential, Engine, Errno, NewPartition, SubId};
+use protocol::{
+    read_frame, write_frame, ClientFrame, Op, ProtocolError, Reply, ServerFrame, WireError, MAGIC,
+    VERSION,
+};
+
+/// Most subscriptions one connection may hold.
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
+
+/// Whose stream a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authority {
+    /// The host API: requests may carry the host credential.
+    Host,
+    /// The guest agent: requests carry guest credentials only.
+    Guest,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Wakes connections' event pushers when the engine changed.
+#[derive(Default)]
+struct Changes {
+    generation: Mutex<u64>,
+    cond: Condvar,
+}
+
+/// One engine, served to any number of connections.
+#[derive(Clone)]
+pub struct PartitionService {
+    engine: Arc<Mutex<Engine>>,
+    changes: Arc<Changes>,
+}
+
+impl PartitionService {
+    /// A service over `engine`.
+    pub fn new(engine: Arc<Mutex<Engine>>) -> PartitionService {
+        PartitionService {
+            engine,
+            changes: Arc::new(Changes::default()),
+        }
+    }
+
+    /// Tells the connections that the engine changed outside the protocol (a violation,
+    /// a reclaim), so they push pending events.
+    pub fn changed(&self) {
+        *lock(&self.changes.generation) += 1;
+        self.changes.cond.notify_all();
+    }
+
+    /// Serves one connection until the peer closes it or breaks the protocol: the
+    /// handshake, then each request answered in order, with the connection's events
+    /// pushed on `writer` as they happen. Returns how the connection ended.
+    pub fn serve<R, W>(&self, mut reader: R, writer: W, authority: Authority) -> ProtocolError
+    where
+        R: Read,
+        W: Write + Send + 'static,
+    {
+        let writer = Arc::new(Mutex::new(writer));
+        match read_frame(&mut reader) {
+            Ok(ClientFrame::Hello { magic, version }) if magic == MAGIC && version == VERSION => {
+                if let Err(e) = write_frame(&mut *lock(&writer), &ServerFrame::Welcome { version })
+                {
+                    return e;
+                }
+            }
+            Ok(other) => {
+                let reason = match other {
+                    ClientFrame::Hello { version, .. } => {
+                        format!("version {version} or magic not understood; this service speaks {VERSION}")
+                    }
+                    ClientFrame::Request { .. } => "a request before the hello".to_string(),
+                };
+                let _ = write_frame(
+                    &mut *lock(&writer),
+                    &ServerFrame::Refused {
+                        reason: reason.clone(),
+                    },
+                );
+                return ProtocolError::Handshake(reason);
+            }
+            Err(e) => return e,
+        }
+        let subs: Arc<Mutex<BTreeSet<SubId>>> = Arc::default();
+        let done = Arc::new(Mutex::new(false));
+        let pusher = {
+            let service = self.clone();
+            let writer = Arc::clone(&writer);
+            let subs = Arc::clone(&subs);
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || service.push_events(&writer, &subs, &done))
+        };
+        let end = loop {
+            let frame = match read_frame(&mut reader) {
+                Ok(frame) => frame,
+                Err(e) => break e,
+            };
+            let ClientFrame::Request { id, caller, op } = frame else {
+                break ProtocolError::Decode("a second hello".into());
+            };
+            let result = self.handle(&caller, op, authority, &subs);
+            self.changed();
+            if let Err(e) = write_frame(&mut *lock(&writer), &ServerFrame::Response { id, result })
+            {
+                break e;
+            }
+        };
+        *lock(&done) = true;
+        self.changed();
+        let _ = pusher.join();
+        let mut engine = lock(&self.engine);
+        for sub in std::mem::take(&mut *lock(&subs)) {
+            let _ = engine.unsubscribe(sub);
+        }
+        end
+    }
+
+    /// Pushes the connection's events whenever the engine changes, until `done`.
+    fn push_events<W: Write>(
+        &self,
+        writer: &Mutex<W>,
+        subs: &Mutex<BTreeSet<SubId>>,
+        done: &Mutex<bool>,
+    ) {
+        let mut seen = *lock(&self.changes.generation);
+        loop {
+            {
+                let mut generation = lock(&self.changes.generation);
+                while *generation == seen && !*lock(done) {
+                    generation = self
+                        .changes
+                        .cond
+                        .wait(generation)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                seen = *generation;
+            }
+            let mut frames = Vec::new();
+            {
+                let mut engine = lock(&self.engine);
+                for &sub in lock(subs).iter() {
+                    if let Ok(batch) = engine.drain_events(sub) {
+                        if batch.missed > 0 {
+                            frames.push(ServerFrame::Missed {
+                                sub,
+                                count: batch.missed,
+                            });
+                        }
+                        frames.extend(
+                            batch
+                                .events
+                                .into_iter()
+                                .map(|event| ServerFrame::Event { sub, event }),
+                        );
+                    }
+                }
+            }
+            let mut w = lock(writer);
+            for frame in &frames {
+                if write_frame(&mut *w, frame).is_err() {
+                    return;
+                }
+            }
+            drop(w);
+            if *lock(done) {
+                return;
+            }
+        }
+    }
+
+    /// Carries out one operation for `caller`.
+    fn handle(
+        &self,
+        caller: &Credential,
+        op: Op,
+        authority: Authority,
+        subs: &Mutex<BTreeSet<SubId>>,
+    ) -> Result<Reply, WireError> {
+        if authority == Authority::Guest && *caller == Credential::Host {
+            return Err(mempart::Error::new(
+                Errno::Eperm,
+                "connection",
+                "a guest connection cannot act as the host",
+            )
+            .into());
+        }
+        let mut engine = lock(&self.engine);
+        let e = &mut *engine;
+        let reply = match op {
+            Op::List { path } => Reply::Entries(e.list(caller, &path)?),
+            Op::Metrics { path } => Reply::Metrics(Box::new(e.metrics(caller, &path)?)),
+            Op::ClassMetrics { path } => Reply::Class(e.class_metrics(caller, &path)?),
+            Op::Create { path, limits, mode } => {
+                e.create(caller, &path, NewPartition { limits, mode })?;
+                Reply::Done
+            }
+            Op::SetLimits {
+                path,
+                min,
+                max,
+                reclaim,
+            } => Reply::Outcome(e.set_limits(caller, &path, min, max, reclaim)?),
+            Op::Destroy { path } => {
+                e.destroy(caller, &path)?;
+                Reply::Done
+            }
+            Op::Chmod { path, mode } => {
+                e.chmod(caller, &path, mode)?;
+                Reply::Done
+            }
+            Op::Chown { path, uid, gid } => {
+                e.chown(caller, &path, uid, gid)?;
+                Reply::Done
+            }
+            Op::SetPolicy { path, policy } => {
+                e.set_policy(caller, &path, policy)?;
+                Reply::Done
+            }
+            Op::Link { pseudo, target } => {
+                e.link(caller, &pseudo, &target)?;
+                Reply::Done
+            }
+            Op::ResetHighest { path } => Reply::Highest(e.reset_highest(caller, &path)?),
+            Op::ProcessStart { pid, parent, spawn } => {
+                e.process_start(caller, pid, parent, &spawn)?;
+                Reply::Done
+            }
+            Op::ProcessExit { pid } => {
+                e.process_exit(pid)?;
+                Reply::Done
+            }
+            Op::Associate { pid, path } => {
+                e.associate(caller, pid, &path)?;
+                Reply::Done
+            }
+            Op::Disassociate { pid, path } => {
+                e.disassociate(caller, pid, &path)?;
+                Reply::Done
+            }
+            Op::SetNoInherit {
+                pid,
+                path,
+                no_inherit,
+            } => {
+                e.set_no_inherit(caller, pid, &path, no_inherit)?;
+                Reply::Done
+            }
+            Op::ProcessView { pid } => Reply::Associations(e.process_partitions(pid)?),
+            Op::Subscribe {
+                path,
+                filter,
+                capacity,
+            } => {
+                let mut mine = lock(subs);
+                if mine.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
+                    return Err(mempart::Error::new(
+                        Errno::Enomem,
+                        path,
+                        format!("at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection"),
+                    )
+                    .into());
+                }
+                let sub = e.subscribe(caller, &path, filter, capacity as usize)?;
+                mine.insert(sub);
+                Reply::Subscribed(sub)
+            }
+            Op::Unsubscribe { sub } => {
+                if !lock(subs).remove(&sub) {
+                    return Err(mempart::Error::new(
+                        Errno::Enoent,
+                        format!("{sub:?}"),
+                        "not a subscription of this connection",
+                    )
+                    .into());
+                }
+                e.unsubscribe(sub)?;
+                Reply::Done
+            }
+            Op::Allocate { pid, class, bytes } => {
+                let id = e.class_id(&class).ok_or_else(|| {
+                    mempart::Error::new(
+                        Errno::Enoent,
+                        format!("{}/{class}", mempart::MEM_ROOT),
+                        "no such class",
+                    )
+                })?;
+                Reply::Granted(e.allocate(pid, id, bytes)?)
+            }
+            Op::Free { pid, grant } => {
+                e.free(pid, grant)?;
+                Reply::Done
+            }
+        };
+        Ok(reply)
+    }
+}

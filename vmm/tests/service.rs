@@ -1,0 +1,277 @@
+//! The partition service over real unix sockets: handshake, requests with credentials
+//! decided by the engine, pushed events, and hostile peers.
+
+// Test helpers fail the test loudly with the reason.
+#![allow(clippy::expect_used)]
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use mempart::{ClassSpec, Credential, Engine, EventFilter, EventKind, Limits, Spawn};
+use protocol::{write_frame, Client, ClientFrame, Op, ProtocolError, Reply, ServerFrame, MAGIC};
+use vmm::service::{Authority, PartitionService};
+
+const MIB: u64 = 1 << 20;
+
+fn service() -> PartitionService {
+    let engine = Engine::new(&[
+        ClassSpec::new("sysram", 256 * MIB),
+        ClassSpec::new("fast", 64 * MIB),
+    ])
+    .expect("engine");
+    PartitionService::new(Arc::new(Mutex::new(engine)))
+}
+
+/// Starts serving one end of a socket pair; returns the other end and the server thread.
+fn connect(
+    service: &PartitionService,
+    authority: Authority,
+) -> (UnixStream, JoinHandle<ProtocolError>) {
+    let (ours, theirs) = UnixStream::pair().expect("socket pair");
+    let service = service.clone();
+    let server = std::thread::spawn(move || {
+        let reader = theirs.try_clone().expect("clone");
+        service.serve(reader, theirs, authority)
+    });
+    (ours, server)
+}
+
+fn client(service: &PartitionService, authority: Authority) -> Client<UnixStream> {
+    let (stream, _server) = connect(service, authority);
+    Client::connect(stream).expect("handshake")
+}
+
+fn open(path: &str) -> Op {
+    Op::Create {
+        path: path.into(),
+        limits: Limits::OPEN,
+        mode: 0o750,
+    }
+}
+
+#[test]
+fn requests_carry_credentials_and_the_engine_decides() {
+    let service = service();
+    let mut host = client(&service, Authority::Host);
+    let mut guest = client(&service, Authority::Guest);
+    assert_eq!(
+        host.call(&Credential::Host, open("/partition/mem/fast/apps"))
+            .expect("io"),
+        Ok(Reply::Done)
+    );
+    let chown = Op::Chown {
+        path: "/partition/mem/fast/apps".into(),
+        uid: 1000,
+        gid: 100,
+    };
+    assert_eq!(
+        host.call(&Credential::Host, chown).expect("io"),
+        Ok(Reply::Done)
+    );
+
+    let owner = Credential::guest(1000, 100);
+    let listed = guest
+        .call(
+            &owner,
+            Op::List {
+                path: "/partition/mem/fast".into(),
+            },
+        )
+        .expect("io");
+    assert!(matches!(listed, Ok(Reply::Entries(ref e)) if e.iter().any(|d| d.name == "apps")));
+    assert_eq!(
+        guest
+            .call(&owner, open("/partition/mem/fast/apps/web"))
+            .expect("io"),
+        Ok(Reply::Done)
+    );
+
+    let other = Credential::guest(1002, 5);
+    let refused = guest
+        .call(
+            &other,
+            Op::Metrics {
+                path: "/partition/mem/fast/apps".into(),
+            },
+        )
+        .expect("io");
+    let err = refused.expect_err("EACCES");
+    assert_eq!((err.errno, err.name.as_str()), (13, "EACCES"));
+    assert!(
+        err.message.contains("/partition/mem/fast/apps"),
+        "{}",
+        err.message
+    );
+
+    let posing = guest
+        .call(&Credential::Host, open("/partition/mem/fast/x"))
+        .expect("io");
+    assert_eq!(posing.expect_err("EPERM").name, "EPERM");
+}
+
+#[test]
+fn processes_allocations_and_frees_go_through_the_service() {
+    let service = service();
+    let mut host = client(&service, Authority::Host);
+    let root = Credential::guest_root();
+    let sandbox = Op::Create {
+        path: "/partition/mem/fast/box".into(),
+        limits: Limits {
+            min: 4 * MIB,
+            max: 4 * MIB,
+        },
+        mode: 0o755,
+    };
+    assert_eq!(
+        host.call(&Credential::Host, sandbox).expect("io"),
+        Ok(Reply::Done)
+    );
+    let start = Op::ProcessStart {
+        pid: 42,
+        parent: None,
+        spawn: Spawn::SetMpart(vec!["/partition/mem/fast/box".into()]),
+    };
+    assert_eq!(host.call(&root, start).expect("io"), Ok(Reply::Done));
+    let alloc = |bytes| Op::Allocate {
+        pid: 42,
+        class: "fast".into(),
+        bytes,
+    };
+    let Ok(Reply::Granted(grant)) = host.call(&root, alloc(3 * MIB)).expect("io") else {
+        panic!("no grant");
+    };
+    assert_eq!(
+        host.call(&root, alloc(2 * MIB))
+            .expect("io")
+            .expect_err("ENOMEM")
+            .name,
+        "ENOMEM"
+    );
+    assert_eq!(
+        host.call(&root, Op::Free { pid: 42, grant }).expect("io"),
+        Ok(Reply::Done)
+    );
+    let Ok(Reply::Associations(view)) = host.call(&root, Op::ProcessView { pid: 42 }).expect("io")
+    else {
+        panic!("no view");
+    };
+    assert_eq!(
+        view.iter().map(|a| a.path.as_str()).collect::<Vec<_>>(),
+        vec!["/partition/mem/fast/box", "/partition/mem/sysram/sys"]
+    );
+}
+
+#[test]
+fn events_are_pushed_in_order_with_sequence_numbers() {
+    let service = service();
+    let mut watcher = client(&service, Authority::Host);
+    let mut actor = client(&service, Authority::Host);
+    assert_eq!(
+        actor
+            .call(&Credential::Host, open("/partition/mem/sysram/p"))
+            .expect("io"),
+        Ok(Reply::Done)
+    );
+    let sub = Op::Subscribe {
+        path: "/partition/mem/sysram/p".into(),
+        filter: EventFilter::default(),
+        capacity: 16,
+    };
+    let Ok(Reply::Subscribed(sub)) = watcher.call(&Credential::Host, sub).expect("io") else {
+        panic!("no subscription");
+    };
+    for pid in [7, 8] {
+        let start = Op::ProcessStart {
+            pid,
+            parent: None,
+            spawn: Spawn::SetMpart(vec!["/partition/mem/sysram/p".into()]),
+        };
+        assert_eq!(
+            actor.call(&Credential::Host, start).expect("io"),
+            Ok(Reply::Done)
+        );
+    }
+    assert_eq!(
+        actor
+            .call(&Credential::Host, open("/partition/mem/sysram/p/c"))
+            .expect("io"),
+        Ok(Reply::Done)
+    );
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match watcher.next_event().expect("event") {
+            ServerFrame::Event { sub: s, event } => {
+                assert_eq!(s, sub);
+                got.push((event.seq, event.kind));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got[0], (1, EventKind::ProcessAssociated { pid: 7 }));
+    assert_eq!(got[1], (2, EventKind::ProcessAssociated { pid: 8 }));
+    assert!(matches!(got[2], (3, EventKind::ChildCreated { .. })));
+}
+
+#[test]
+fn hostile_peers_end_their_own_connection_only() {
+    let service = service();
+    let (mut bad, server) = connect(&service, Authority::Guest);
+    write_frame(
+        &mut bad,
+        &ClientFrame::Hello {
+            magic: *b"NOPE",
+            version: 1,
+        },
+    )
+    .expect("write");
+    assert!(matches!(
+        server.join().expect("server"),
+        ProtocolError::Handshake(_)
+    ));
+
+    let (mut bad, server) = connect(&service, Authority::Guest);
+    write_frame(
+        &mut bad,
+        &ClientFrame::Hello {
+            magic: MAGIC,
+            version: protocol::VERSION,
+        },
+    )
+    .expect("write");
+    bad.write_all(&u32::MAX.to_le_bytes()).expect("write");
+    let mut welcome = [0u8; 64];
+    let _ = std::io::Read::read(&mut bad, &mut welcome);
+    assert!(matches!(
+        server.join().expect("server"),
+        ProtocolError::TooLarge(_)
+    ));
+
+    let (mut bad, server) = connect(&service, Authority::Guest);
+    write_frame(
+        &mut bad,
+        &ClientFrame::Hello {
+            magic: MAGIC,
+            version: protocol::VERSION,
+        },
+    )
+    .expect("write");
+    bad.write_all(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .expect("write");
+    assert!(matches!(
+        server.join().expect("server"),
+        ProtocolError::Decode(_)
+    ));
+
+    let mut good = client(&service, Authority::Guest);
+    let listed = good
+        .call(
+            &Credential::guest(1, 1),
+            Op::List {
+                path: "/partition/mem".into(),
+            },
+        )
+        .expect("io");
+    assert!(matches!(listed, Ok(Reply::Entries(_))));
+}
