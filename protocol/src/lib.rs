@@ -17,9 +17,10 @@
 
 use std::io::{Read, Write};
 
-use mempart::{
-    Association, ClassMetrics, Credential, DirEntry, Event, EventFilter, Grant, Limits,
-    PartitionMetrics, Pid, Policy, SetOutcome, Spawn, SubId,
+pub use mempart::{
+    Association, ClassMetrics, Credential, DirEntry, EntryKind, Event, EventFilter, EventKind,
+    Grant, Limits, PartitionMetrics, PartitionType, Pid, Policy, SetOutcome, Spawn, SubId,
+    UNLIMITED,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

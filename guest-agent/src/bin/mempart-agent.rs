@@ -1,0 +1,319 @@
+//! `mempart-agent`: the guest daemon. It owns the upstream stream to the VMM's partition
+//! service (the `org.mempart.agent.0` port, or a unix socket), listens on a local unix
+//! socket, authenticates each client with `SO_PEERCRED` and forwards its requests with
+//! that identity — never with one the client claims. Responses and pushed events go
+//! back to the client that asked.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use guest_agent::{groups_of, peer_of, Peer, DEFAULT_SOCKET};
+use protocol::{
+    read_frame, write_frame, ClientFrame, Credential, Op, Reply, ServerFrame, Spawn, SubId, MAGIC,
+    VERSION,
+};
+
+/// The mempart guest agent.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// The VMM's partition service: a virtio port device (e.g. /dev/vport0p1, found by the
+    /// name org.mempart.agent.0) or a unix socket.
+    #[arg(long)]
+    upstream: Option<PathBuf>,
+    /// Where local clients (mpctl) connect.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    listen: PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+type Writer = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// The client id of requests the agent makes itself; their responses go nowhere.
+const AGENT_ITSELF: u64 = u64::MAX;
+
+/// Who waits for what upstream.
+#[derive(Default)]
+struct Routes {
+    next_id: u32,
+    /// Upstream request id → (client, the client's own request id).
+    pending: HashMap<u32, (u64, u32)>,
+    /// Subscription → the client that holds it.
+    subscriptions: HashMap<SubId, u64>,
+    /// Client → its socket.
+    clients: HashMap<u64, Arc<Mutex<UnixStream>>>,
+    /// Processes the agent has registered, so a child can inherit from its parent.
+    registered: HashSet<u32>,
+}
+
+/// Most processes the agent remembers having registered.
+const MAX_REGISTERED: usize = 1 << 16;
+
+/// The parent of `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields follow the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+struct Agent {
+    upstream: Writer,
+    routes: Mutex<Routes>,
+}
+
+impl Agent {
+    /// Sends `op` upstream for `caller` on behalf of client `client` (request `id`).
+    fn forward(&self, client: u64, id: u32, caller: &Credential, op: Op) -> anyhow::Result<()> {
+        let upstream_id = {
+            let mut routes = lock(&self.routes);
+            routes.next_id = routes.next_id.wrapping_add(1);
+            let upstream_id = routes.next_id;
+            routes.pending.insert(upstream_id, (client, id));
+            upstream_id
+        };
+        let frame = ClientFrame::Request {
+            id: upstream_id,
+            caller: caller.clone(),
+            op,
+        };
+        write_frame(&mut *lock(&self.upstream), &frame).context("writing upstream")
+    }
+
+    /// Hands every upstream frame to the client it belongs to.
+    fn route_upstream(&self, mut reader: Box<dyn Read + Send>) -> anyhow::Result<()> {
+        loop {
+            let frame: ServerFrame = read_frame(&mut reader).context("reading upstream")?;
+            let (target, frame) = {
+                let mut routes = lock(&self.routes);
+                match frame {
+                    ServerFrame::Response { id, result } => {
+                        let Some((client, their_id)) = routes.pending.remove(&id) else {
+                            continue;
+                        };
+                        if let Ok(Reply::Subscribed(sub)) = &result {
+                            routes.subscriptions.insert(*sub, client);
+                        }
+                        (
+                            client,
+                            ServerFrame::Response {
+                                id: their_id,
+                                result,
+                            },
+                        )
+                    }
+                    ServerFrame::Event { sub, event } => match routes.subscriptions.get(&sub) {
+                        Some(&client) => (client, ServerFrame::Event { sub, event }),
+                        None => continue,
+                    },
+                    ServerFrame::Missed { sub, count } => match routes.subscriptions.get(&sub) {
+                        Some(&client) => (client, ServerFrame::Missed { sub, count }),
+                        None => continue,
+                    },
+                    other => bail!("unexpected upstream frame {other:?}"),
+                }
+            };
+            let socket = lock(&self.routes).clients.get(&target).cloned();
+            if let Some(socket) = socket {
+                let _ = write_frame(&mut *lock(&socket), &frame);
+            }
+        }
+    }
+
+    /// Serves one local client until it leaves.
+    fn serve_client(&self, client: u64, stream: UnixStream) -> anyhow::Result<()> {
+        let peer: Peer = peer_of(&stream).context("SO_PEERCRED")?;
+        let caller = Credential::Guest {
+            uid: peer.uid,
+            gid: peer.gid,
+            groups: groups_of(peer.pid),
+        };
+        let mut reader = stream.try_clone()?;
+        let writer = Arc::new(Mutex::new(stream));
+        match read_frame(&mut reader)? {
+            ClientFrame::Hello { magic, version } if magic == MAGIC && version == VERSION => {
+                write_frame(&mut *lock(&writer), &ServerFrame::Welcome { version })?;
+            }
+            _ => {
+                let reason = format!("speak protocol version {VERSION}");
+                write_frame(&mut *lock(&writer), &ServerFrame::Refused { reason })?;
+                return Ok(());
+            }
+        }
+        // Every process that talks to the agent is tracked; it inherits from its parent
+        // when the agent registered the parent too.
+        let register = {
+            let mut routes = lock(&self.routes);
+            routes.clients.insert(client, Arc::clone(&writer));
+            let parent = parent_of(peer.pid).filter(|p| routes.registered.contains(p));
+            let new =
+                routes.registered.len() < MAX_REGISTERED && routes.registered.insert(peer.pid);
+            new.then_some(parent)
+        };
+        if let Some(parent) = register {
+            self.forward(
+                AGENT_ITSELF,
+                0,
+                &caller,
+                Op::ProcessStart {
+                    pid: peer.pid,
+                    parent,
+                    spawn: Spawn::Inherit,
+                },
+            )?;
+        }
+        let result = loop {
+            let frame: ClientFrame = match read_frame(&mut reader) {
+                Ok(frame) => frame,
+                Err(e) => break Err(e.into()),
+            };
+            let ClientFrame::Request { id, op, .. } = frame else {
+                break Ok(());
+            };
+            let own = |pid: &u32| *pid == peer.pid;
+            let allowed = match &op {
+                Op::ProcessStart { pid, .. } | Op::ProcessExit { pid } => own(pid),
+                _ => true,
+            };
+            if !allowed {
+                let refusal = protocol::WireError {
+                    errno: 1,
+                    name: "EPERM".into(),
+                    message: "EPERM: agent: processes are registered by the agent, each for itself"
+                        .into(),
+                };
+                write_frame(
+                    &mut *lock(&writer),
+                    &ServerFrame::Response {
+                        id,
+                        result: Err(refusal),
+                    },
+                )?;
+                continue;
+            }
+            if let Err(e) = self.forward(client, id, &caller, op) {
+                break Err(e);
+            }
+        };
+        let subs: Vec<SubId> = {
+            let mut routes = lock(&self.routes);
+            routes.clients.remove(&client);
+            let mine: Vec<SubId> = routes
+                .subscriptions
+                .iter()
+                .filter(|(_, c)| **c == client)
+                .map(|(s, _)| *s)
+                .collect();
+            for s in &mine {
+                routes.subscriptions.remove(s);
+            }
+            mine
+        };
+        for sub in subs {
+            let _ = self.forward(AGENT_ITSELF, 0, &caller, Op::Unsubscribe { sub });
+        }
+        result
+    }
+}
+
+/// Opens the upstream: a unix socket is connected, anything else (the virtio port) opened.
+fn open_upstream(path: &PathBuf) -> anyhow::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+    let meta = std::fs::metadata(path).with_context(|| format!("upstream {}", path.display()))?;
+    if meta.file_type().is_socket() {
+        let stream =
+            UnixStream::connect(path).with_context(|| format!("upstream {}", path.display()))?;
+        Ok((Box::new(stream.try_clone()?), Box::new(stream)))
+    } else {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("upstream {}", path.display()))?;
+        Ok((Box::new(file.try_clone()?), Box::new(file)))
+    }
+}
+
+/// The guest's agent port: the virtio port named `org.mempart.agent.0`.
+fn find_port() -> anyhow::Result<PathBuf> {
+    for entry in std::fs::read_dir("/sys/class/virtio-ports").context("/sys/class/virtio-ports")? {
+        let entry = entry?;
+        let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if name.trim_end() == "org.mempart.agent.0" {
+            return Ok(PathBuf::from("/dev").join(entry.file_name()));
+        }
+    }
+    bail!("no virtio port is named org.mempart.agent.0")
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let upstream = match args.upstream {
+        Some(path) => path,
+        None => find_port()?,
+    };
+    let (mut reader, mut writer) = open_upstream(&upstream)?;
+    write_frame(
+        &mut writer,
+        &ClientFrame::Hello {
+            magic: MAGIC,
+            version: VERSION,
+        },
+    )?;
+    match read_frame(&mut reader)? {
+        ServerFrame::Welcome { .. } => {}
+        other => bail!(
+            "upstream {} refused the handshake: {other:?}",
+            upstream.display()
+        ),
+    }
+    let _ = std::fs::remove_file(&args.listen);
+    let listener = UnixListener::bind(&args.listen)
+        .with_context(|| format!("listening on {}", args.listen.display()))?;
+    // Everyone may connect; the service decides what each identity may do.
+    std::fs::set_permissions(
+        &args.listen,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )?;
+    let agent = Arc::new(Agent {
+        upstream: Arc::new(Mutex::new(writer)),
+        routes: Mutex::new(Routes::default()),
+    });
+    let router = {
+        let agent = Arc::clone(&agent);
+        std::thread::spawn(move || agent.route_upstream(reader))
+    };
+    eprintln!(
+        "mempart-agent: ready on {} (upstream {})",
+        args.listen.display(),
+        upstream.display()
+    );
+    let mut next_client = 0u64;
+    for stream in listener.incoming() {
+        if router.is_finished() {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        next_client += 1;
+        let agent = Arc::clone(&agent);
+        let client = next_client;
+        std::thread::spawn(move || {
+            if let Err(e) = agent.serve_client(client, stream) {
+                eprintln!("mempart-agent: client {client}: {e:#}");
+            }
+        });
+    }
+    match router.join() {
+        Ok(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
+}

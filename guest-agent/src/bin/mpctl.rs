@@ -1,0 +1,504 @@
+//! `mpctl`: the guest's command line for memory partitions, through `mempart-agent`.
+//!
+//! Exit codes: 0 done; 1 the service refused (the errno and the path are printed);
+//! 2 bad arguments; 3 the agent cannot be reached or broke the protocol.
+
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use guest_agent::{DEFAULT_SOCKET, SOCKET_ENV};
+use protocol::{
+    Client, Credential, EntryKind, EventFilter, Grant, Limits, Op, PartitionMetrics, Policy, Reply,
+    ServerFrame, WireError, UNLIMITED,
+};
+
+/// Browse and shape memory partitions from inside the guest.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The agent's socket (default $MPCTL_SOCKET, else /run/mempart.sock).
+    #[arg(long, global = true)]
+    socket: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List a class, partition or group (partitions, processes, pseudo partitions).
+    Ls {
+        /// The path (default /partition/mem).
+        path: Option<String>,
+    },
+    /// Show a partition's or class's metrics.
+    #[command(alias = "metrics")]
+    Stat {
+        /// The path.
+        path: String,
+    },
+    /// Create a partition (or, directly under /partition/mem, a group).
+    Create {
+        /// The path.
+        path: String,
+        /// Reserved minimum (e.g. 64M).
+        #[arg(long, default_value = "0")]
+        min: String,
+        /// Maximum (e.g. 128M, or unlimited).
+        #[arg(long, default_value = "unlimited")]
+        max: String,
+        /// Mode bits, octal.
+        #[arg(long, default_value = "755")]
+        mode: String,
+    },
+    /// Change a partition's minimum and/or maximum.
+    Set {
+        /// The path.
+        path: String,
+        /// New minimum.
+        #[arg(long)]
+        min: Option<String>,
+        /// New maximum.
+        #[arg(long)]
+        max: Option<String>,
+        /// Allow a maximum below current use: it applies once use has shrunk.
+        #[arg(long)]
+        reclaim: bool,
+    },
+    /// Destroy a partition, group or pseudo partition.
+    Destroy {
+        /// The path.
+        path: String,
+    },
+    /// Change mode bits (octal).
+    Chmod {
+        /// Mode, e.g. 750.
+        mode: String,
+        /// The path.
+        path: String,
+    },
+    /// Change owner and group (UID:GID).
+    Chown {
+        /// Owner and group, numeric.
+        owner: String,
+        /// The path.
+        path: String,
+    },
+    /// Set a one-way policy: terminal, config_lock or permanent.
+    Policy {
+        /// The path.
+        path: String,
+        /// The policy.
+        policy: String,
+    },
+    /// Create a pseudo partition in a group naming a real partition.
+    Pseudo {
+        /// /partition/mem/<group>/<name>.
+        pseudo: String,
+        /// The real partition.
+        target: String,
+    },
+    /// Associate a process (default: mpctl's parent) with a partition or group.
+    Assoc {
+        /// The partition or group.
+        path: String,
+        /// The process.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// End a process's association.
+    Disassoc {
+        /// The partition or group.
+        path: String,
+        /// The process.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Set NO_INHERIT on a process's association (on or off).
+    Flags {
+        /// The partition.
+        path: String,
+        /// on or off.
+        #[arg(long)]
+        no_inherit: String,
+        /// The process.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Associate with partitions, then run a command in their place (like numactl).
+    Run {
+        /// A partition or group; repeat for more.
+        #[arg(long = "part", required = true)]
+        parts: Vec<String>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Charge memory of a class to this process's partition and print the grant.
+    Alloc {
+        /// The class.
+        class: String,
+        /// Bytes (e.g. 4M).
+        size: String,
+    },
+    /// Follow a partition's or class's events until interrupted.
+    Events {
+        /// The path.
+        path: String,
+        /// Report crossings of this size.
+        #[arg(long)]
+        threshold: Option<String>,
+        /// Report changes of at least this many bytes.
+        #[arg(long)]
+        delta: Option<String>,
+        /// Keep following (otherwise print the subscription and stop).
+        #[arg(long)]
+        follow: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+/// Parses 4096, 4K, 64M, 1G or unlimited.
+fn size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("unlimited") {
+        return Ok(UNLIMITED);
+    }
+    let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, suffix) = t.split_at(end);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("size {text:?} is not a number"))?;
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(format!("size {text:?}: use K, M or G")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+fn mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("mode {text:?} is not octal"))
+}
+
+enum Failure {
+    Usage(String),
+    Refused(WireError),
+    Agent(String),
+}
+
+impl From<protocol::ProtocolError> for Failure {
+    fn from(e: protocol::ProtocolError) -> Failure {
+        Failure::Agent(e.to_string())
+    }
+}
+
+fn human(bytes: u64) -> String {
+    if bytes == UNLIMITED {
+        return "unlimited".into();
+    }
+    for (unit, suffix) in [(1u64 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")] {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
+fn print_metrics(m: &PartitionMetrics) {
+    println!("path         {}", m.path);
+    println!("type         {:?}", m.kind);
+    println!("min          {}", human(m.current.limits.min));
+    println!("max          {}", human(m.current.limits.max));
+    println!("used         {}", human(m.used));
+    println!("highest      {}", human(m.highest));
+    println!("reserved     {}", human(m.reserved_unused));
+    println!("processes    {}", m.processes.len());
+    println!(
+        "mode         {:o} {}:{}",
+        m.current.perm.mode, m.current.perm.uid, m.current.perm.gid
+    );
+    let p = m.current.policies;
+    println!(
+        "policies     terminal={} config_lock={} permanent={}",
+        p.terminal, p.config_lock, p.permanent
+    );
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let path = cli
+        .socket
+        .or_else(|| std::env::var(SOCKET_ENV).ok())
+        .unwrap_or_else(|| DEFAULT_SOCKET.to_string());
+    let stream = UnixStream::connect(&path).map_err(|e| Failure::Agent(format!("{path}: {e}")))?;
+    let mut client = Client::connect(stream)?;
+    // The agent puts the kernel-verified identity on every request; this is ignored.
+    let me = Credential::guest(0, 0);
+    let parent = std::os::unix::process::parent_id();
+    let mut call =
+        |op: Op| -> Result<Reply, Failure> { client.call(&me, op)?.map_err(Failure::Refused) };
+    let usage = Failure::Usage;
+    let json = cli.json;
+    let emit = |value: serde_json::Value| println!("{value}");
+    match cli.command {
+        Cmd::Ls { path } => {
+            let path = path.unwrap_or_else(|| "/partition/mem".into());
+            let Reply::Entries(entries) = call(Op::List { path })? else {
+                return Ok(());
+            };
+            if json {
+                emit(serde_json::json!(entries
+                    .iter()
+                    .map(|e| e.name.clone())
+                    .collect::<Vec<_>>()));
+            } else {
+                for e in entries {
+                    match e.kind {
+                        EntryKind::Pseudo { target } => println!("{} -> {target}", e.name),
+                        EntryKind::Process
+                        | EntryKind::Partition
+                        | EntryKind::Class
+                        | EntryKind::Group => {
+                            println!("{}/", e.name)
+                        }
+                    }
+                }
+            }
+        }
+        Cmd::Stat { path } => match call(Op::Metrics { path: path.clone() }) {
+            Ok(Reply::Metrics(m)) => {
+                if json {
+                    emit(serde_json::json!({
+                        "path": m.path, "type": format!("{:?}", m.kind), "min": m.current.limits.min,
+                        "max": m.current.limits.max, "used": m.used, "highest": m.highest,
+                        "reserved_unused": m.reserved_unused, "processes": m.processes,
+                    }));
+                } else {
+                    print_metrics(&m);
+                }
+            }
+            Ok(_) => {}
+            Err(Failure::Refused(e)) if e.name == "EINVAL" => {
+                let Reply::Class(c) = call(Op::ClassMetrics { path })? else {
+                    return Ok(());
+                };
+                if json {
+                    emit(
+                        serde_json::json!({"class": c.name, "size": c.size, "allocated": c.allocated,
+                        "reserved_unused": c.reserved_unused, "free": c.free}),
+                    );
+                } else {
+                    println!("class        {}\nsize         {}\nallocated    {}\nreserved     {}\nfree         {}",
+                        c.name, human(c.size), human(c.allocated), human(c.reserved_unused), human(c.free));
+                }
+            }
+            Err(e) => return Err(e),
+        },
+        Cmd::Create {
+            path,
+            min,
+            max,
+            mode: m,
+        } => {
+            let limits = Limits {
+                min: size(&min).map_err(usage)?,
+                max: size(&max).map_err(Failure::Usage)?,
+            };
+            call(Op::Create {
+                path,
+                limits,
+                mode: mode(&m).map_err(Failure::Usage)?,
+            })?;
+        }
+        Cmd::Set {
+            path,
+            min,
+            max,
+            reclaim,
+        } => {
+            let min = min.map(|m| size(&m)).transpose().map_err(Failure::Usage)?;
+            let max = max.map(|m| size(&m)).transpose().map_err(Failure::Usage)?;
+            if let Reply::Outcome(outcome) = call(Op::SetLimits {
+                path,
+                min,
+                max,
+                reclaim,
+            })? {
+                if json {
+                    emit(serde_json::json!(format!("{outcome:?}")));
+                } else {
+                    println!("{outcome:?}");
+                }
+            }
+        }
+        Cmd::Destroy { path } => {
+            call(Op::Destroy { path })?;
+        }
+        Cmd::Chmod { mode: m, path } => {
+            call(Op::Chmod {
+                path,
+                mode: mode(&m).map_err(Failure::Usage)?,
+            })?;
+        }
+        Cmd::Chown { owner, path } => {
+            let (uid, gid) = owner
+                .split_once(':')
+                .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+                .ok_or_else(|| Failure::Usage(format!("owner {owner:?}: use UID:GID")))?;
+            call(Op::Chown { path, uid, gid })?;
+        }
+        Cmd::Policy { path, policy } => {
+            let policy = match policy.as_str() {
+                "terminal" => Policy::Terminal,
+                "config_lock" | "config-lock" => Policy::ConfigLock,
+                "permanent" => Policy::Permanent,
+                other => {
+                    return Err(Failure::Usage(format!(
+                        "policy {other:?}: use terminal, config_lock or permanent"
+                    )))
+                }
+            };
+            call(Op::SetPolicy { path, policy })?;
+        }
+        Cmd::Pseudo { pseudo, target } => {
+            call(Op::Link { pseudo, target })?;
+        }
+        Cmd::Assoc { path, pid } => {
+            call(Op::Associate {
+                pid: pid.unwrap_or(parent),
+                path,
+            })?;
+        }
+        Cmd::Disassoc { path, pid } => {
+            call(Op::Disassociate {
+                pid: pid.unwrap_or(parent),
+                path,
+            })?;
+        }
+        Cmd::Flags {
+            path,
+            no_inherit,
+            pid,
+        } => {
+            let no_inherit = match no_inherit.as_str() {
+                "on" => true,
+                "off" => false,
+                other => {
+                    return Err(Failure::Usage(format!(
+                        "--no-inherit {other:?}: use on or off"
+                    )))
+                }
+            };
+            call(Op::SetNoInherit {
+                pid: pid.unwrap_or(parent),
+                path,
+                no_inherit,
+            })?;
+        }
+        Cmd::Run { parts, command } => {
+            let me = std::process::id();
+            for part in parts {
+                call(Op::Associate {
+                    pid: me,
+                    path: part,
+                })?;
+            }
+            let (program, args) = command
+                .split_first()
+                .ok_or_else(|| Failure::Usage("no command".into()))?;
+            let err = std::process::Command::new(program).args(args).exec();
+            return Err(Failure::Usage(format!("{program}: {err}")));
+        }
+        Cmd::Alloc { class, size: s } => {
+            let bytes = size(&s).map_err(Failure::Usage)?;
+            if let Reply::Granted(Grant { partition, bytes }) = call(Op::Allocate {
+                pid: std::process::id(),
+                class,
+                bytes,
+            })? {
+                if json {
+                    emit(
+                        serde_json::json!({"partition": format!("{partition:?}"), "bytes": bytes}),
+                    );
+                } else {
+                    println!("granted {} in {partition:?}", human(bytes));
+                }
+            }
+        }
+        Cmd::Events {
+            path,
+            threshold,
+            delta,
+            follow,
+            count,
+        } => {
+            let filter = EventFilter {
+                threshold: threshold
+                    .map(|t| size(&t))
+                    .transpose()
+                    .map_err(Failure::Usage)?,
+                delta: delta
+                    .map(|d| size(&d))
+                    .transpose()
+                    .map_err(Failure::Usage)?,
+                ..EventFilter::default()
+            };
+            let Reply::Subscribed(sub) = call(Op::Subscribe {
+                path,
+                filter,
+                capacity: 256,
+            })?
+            else {
+                return Ok(());
+            };
+            println!("subscribed {sub:?}");
+            let mut seen = 0u64;
+            while follow && count.is_none_or(|c| seen < c) {
+                match client.next_event()? {
+                    ServerFrame::Event { event, .. } => {
+                        seen += 1;
+                        if json {
+                            emit(
+                                serde_json::json!({"seq": event.seq, "event": format!("{:?}", event.kind)}),
+                            );
+                        } else {
+                            println!("{} {:?}", event.seq, event.kind);
+                        }
+                    }
+                    ServerFrame::Missed { count, .. } => println!("missed {count}"),
+                    other => return Err(Failure::Agent(format!("unexpected {other:?}"))),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Refused(e)) => {
+            eprintln!("mpctl: {}", e.message);
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(msg)) => {
+            eprintln!("mpctl: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Agent(msg)) => {
+            eprintln!("mpctl: agent: {msg}");
+            ExitCode::from(3)
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! `mempart-agent` and `mpctl` as host processes against the partition service on a unix
+//! socket: every request carries the kernel-verified identity of the mpctl process, and
+//! the engine decides.
+
+// Test helpers fail the test loudly with the reason.
+#![allow(clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+use mempart::{ClassSpec, Credential, Engine};
+use vmm::service::{Authority, PartitionService};
+
+const MIB: u64 = 1 << 20;
+
+/// A binary of the workspace, next to this test's own executable's directory.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "guest-agent"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building guest-agent failed");
+    }
+    path
+}
+
+struct Rig {
+    dir: PathBuf,
+    engine: Arc<Mutex<Engine>>,
+    agent: Child,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+    }
+}
+
+impl Rig {
+    fn new(name: &str) -> Rig {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("agent-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let engine = Engine::new(&[
+            ClassSpec::new("sysram", 256 * MIB),
+            ClassSpec::new("fast", 64 * MIB),
+        ])
+        .expect("engine");
+        let engine = Arc::new(Mutex::new(engine));
+        let service = PartitionService::new(Arc::clone(&engine));
+        let upstream = dir.join("service.sock");
+        let listener = UnixListener::bind(&upstream).expect("bind");
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let service = service.clone();
+                std::thread::spawn(move || {
+                    let reader = stream.try_clone().expect("clone");
+                    service.serve(reader, stream, Authority::Guest)
+                });
+            }
+        });
+        let mut agent = Command::new(binary("mempart-agent"))
+            .arg("--upstream")
+            .arg(&upstream)
+            .arg("--listen")
+            .arg(dir.join("agent.sock"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("agent starts");
+        let mut ready = String::new();
+        BufReader::new(agent.stderr.take().expect("stderr"))
+            .read_line(&mut ready)
+            .expect("agent speaks");
+        assert!(ready.starts_with("mempart-agent: ready"), "{ready}");
+        Rig { dir, engine, agent }
+    }
+
+    fn mpctl(&self, uid: u32, args: &[&str]) -> Output {
+        Command::new(binary("mpctl"))
+            .env("MPCTL_SOCKET", self.dir.join("agent.sock"))
+            .args(args)
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .expect("mpctl runs")
+    }
+
+    fn ok(&self, uid: u32, args: &[&str]) -> String {
+        let out = self.mpctl(uid, args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "mpctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn refused(&self, uid: u32, args: &[&str], errno: &str) {
+        let out = self.mpctl(uid, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "mpctl {args:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("mpctl: {errno}: ")),
+            "mpctl {args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn every_command_through_the_agent_with_the_callers_identity() {
+    let rig = Rig::new("commands");
+    let apps = "/partition/mem/sysram/apps";
+    rig.ok(
+        0,
+        &[
+            "create", apps, "--min", "16M", "--max", "64M", "--mode", "750",
+        ],
+    );
+    rig.ok(0, &["chown", "1000:1000", apps]);
+    let ls = rig.ok(1000, &["ls", "/partition/mem/sysram"]);
+    assert_eq!(ls, "apps/\nsys/\n");
+    let stat = rig.ok(1000, &["stat", apps]);
+    assert!(stat.contains("type         GuaranteeRestricted"), "{stat}");
+    assert!(stat.contains("max          64M"), "{stat}");
+    let json = rig.ok(1000, &["--json", "stat", apps]);
+    let value: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
+    assert_eq!(value["min"], 16 * MIB);
+
+    rig.ok(1000, &["create", &format!("{apps}/web"), "--max", "8M"]);
+    rig.ok(1000, &["set", &format!("{apps}/web"), "--max", "16M"]);
+    rig.ok(1000, &["chmod", "700", &format!("{apps}/web")]);
+    rig.ok(1000, &["policy", &format!("{apps}/web"), "terminal"]);
+    rig.refused(1000, &["create", &format!("{apps}/web/deeper")], "EPERM");
+    rig.ok(1000, &["destroy", &format!("{apps}/web")]);
+
+    rig.refused(1002, &["stat", apps], "EACCES");
+    rig.refused(1002, &["create", &format!("{apps}/mine")], "EACCES");
+    rig.refused(1000, &["create", "/partition/mem/group"], "EACCES");
+    rig.ok(0, &["create", "/partition/mem/group"]);
+    rig.ok(0, &["pseudo", "/partition/mem/group/ram", apps]);
+    assert_eq!(
+        rig.ok(1000, &["ls", "/partition/mem/group"]),
+        format!("ram -> {apps}\n")
+    );
+    let class = rig.ok(0, &["stat", "/partition/mem/fast"]);
+    assert!(class.contains("free         64M"), "{class}");
+    let set = rig.ok(0, &["set", "/partition/mem/fast/sys", "--max", "32M"]);
+    assert_eq!(set, "Applied\n");
+
+    let out = rig.mpctl(0, &["create", apps, "--min", "lots"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn run_associates_then_execs_and_allocations_are_charged() {
+    let rig = Rig::new("run");
+    rig.ok(
+        0,
+        &[
+            "create",
+            "/partition/mem/fast/box",
+            "--min",
+            "4M",
+            "--max",
+            "4M",
+            "--mode",
+            "755",
+        ],
+    );
+    rig.ok(0, &["create", "/partition/mem/sysram/apps", "--max", "64M"]);
+    let mpctl = binary("mpctl");
+    let inner = format!(
+        "{} alloc fast 3M && {} --json stat /partition/mem/sysram/apps",
+        mpctl.display(),
+        mpctl.display()
+    );
+    let child = Command::new(&mpctl)
+        .env("MPCTL_SOCKET", rig.dir.join("agent.sock"))
+        .args([
+            "run",
+            "--part",
+            "/partition/mem/sysram/apps",
+            "--part",
+            "/partition/mem/fast/box",
+            "--",
+            "/bin/sh",
+            "-c",
+            &inner,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpctl run");
+    let shell = child.id();
+    let out = child.wait_with_output().expect("mpctl run ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("granted 3M")),
+        "{stdout}"
+    );
+    let stat: serde_json::Value = serde_json::from_str(lines.next().unwrap_or("{}")).expect("json");
+    let pids: Vec<u64> = stat["processes"]
+        .as_array()
+        .expect("pids")
+        .iter()
+        .filter_map(|p| p.as_u64())
+        .collect();
+    assert!(
+        pids.contains(&u64::from(shell)),
+        "the shell mpctl ran is associated: {stat}"
+    );
+    assert_eq!(
+        pids.len(),
+        3,
+        "the shell and the two mpctl it started inherit: {stat}"
+    );
+    let engine = rig.engine.lock().expect("engine");
+    for pid in pids {
+        let view = engine
+            .process_partitions(u32::try_from(pid).expect("pid"))
+            .expect("tracked");
+        assert_eq!(
+            view.iter().map(|a| a.path.as_str()).collect::<Vec<_>>(),
+            vec!["/partition/mem/sysram/apps", "/partition/mem/fast/box"],
+            "pid {pid}"
+        );
+    }
+    let used = engine
+        .metrics(&Credential::Host, "/partition/mem/fast/box")
+        .expect("box")
+        .used;
+    assert_eq!(
+        used,
+        3 * MIB,
+        "the inner mpctl inherited the box and was charged there"
+    );
+}
+
+#[test]
+fn a_client_cannot_register_or_end_other_processes() {
+    let rig = Rig::new("processes");
+    let out = rig.mpctl(0, &["assoc", "/partition/mem/sysram/sys", "--pid", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ESRCH"), "{stderr}");
+}
