@@ -134,6 +134,16 @@ pub fn with_sysram(classes: Vec<ClassBacking>) -> Result<Vec<ClassBacking>, Conf
     Ok(out)
 }
 
+/// Who speaks on the agent channel's VMM end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentEnd {
+    /// The partition service (what `mempart-vmm run` does).
+    Service,
+    /// Nobody: the program embedding the VM reads and writes the raw byte stream
+    /// through `VmHandle::agent`.
+    Raw,
+}
+
 /// Everything `run` needs.
 #[derive(Debug)]
 pub struct VmConfig {
@@ -153,6 +163,8 @@ pub struct VmConfig {
     pub serial: SerialOut,
     /// The KVM device.
     pub kvm_device: PathBuf,
+    /// Who serves the agent channel.
+    pub agent_end: AgentEnd,
 }
 
 #[cfg(test)]

@@ -186,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 topology,
                 serial: parse_serial(&serial)?,
                 kvm_device: kvm,
+                agent_end: vmm::config::AgentEnd::Service,
             };
             let vm = Vm::new(config)?;
             let exit = vm.run()?;

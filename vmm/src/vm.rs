@@ -28,8 +28,9 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::boot::{self, BootError, EMULATED_KERNEL_ARGS};
-use crate::config::{SerialOut, VmConfig};
+use crate::config::{AgentEnd, SerialOut, VmConfig};
 use crate::memory::{class_bases, ClassRegion, MemoryError, Sysram};
+use crate::service::{Authority, PartitionService};
 
 /// The COM1 ports.
 const COM1: u16 = 0x3f8;
@@ -216,7 +217,8 @@ struct Shared {
     vm: VmFd,
     serial: Mutex<SerialConsole>,
     classes: Mutex<Vec<ClassRegion>>,
-    engine: Mutex<Engine>,
+    engine: Arc<Mutex<Engine>>,
+    service: PartitionService,
     violations: Mutex<Vec<Violation>>,
     free_slots: Mutex<(u32, Vec<u32>)>,
     max_slots: u32,
@@ -237,6 +239,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A VM ready to run.
 pub struct Vm {
+    agent_end: AgentEnd,
     shared: Arc<Shared>,
     vcpus: Vec<VcpuFd>,
     notifiers: Vec<QueueNotifier>,
@@ -276,6 +279,7 @@ impl Vm {
             }
             None => Engine::new(&specs).map_err(VmError::Classes)?,
         };
+        let engine = Arc::new(Mutex::new(engine));
         let kvm_error = |source| VmError::Kvm {
             path: config.kvm_device.display().to_string(),
             source,
@@ -422,12 +426,14 @@ impl Vm {
         let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
         let exit_event = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
         Ok(Vm {
+            agent_end: config.agent_end,
             notifiers,
             shared: Arc::new(Shared {
                 vm,
                 serial: Mutex::new(Serial::new(IrqTrigger(serial_irq), out)),
                 classes: Mutex::new(regions),
-                engine: Mutex::new(engine),
+                service: PartitionService::new(Arc::clone(&engine)),
+                engine,
                 violations: Mutex::new(Vec::new()),
                 free_slots: Mutex::new((next_slot, Vec::new())),
                 max_slots,
@@ -494,6 +500,18 @@ impl Vm {
             threads.push(thread);
         }
         drop(done);
+        let agent_service = match self.agent_end {
+            AgentEnd::Raw => None,
+            AgentEnd::Service => {
+                let service = self.shared.service.clone();
+                let agent = self.shared.agent.clone();
+                let thread = std::thread::Builder::new()
+                    .name("agent-service".into())
+                    .spawn(move || serve_agent(&service, &agent))
+                    .map_err(VmError::Thread)?;
+                Some(thread)
+            }
+        };
         while !exited.load(Ordering::SeqCst) {
             events.run().map_err(loop_error)?;
         }
@@ -517,7 +535,24 @@ impl Vm {
         for t in threads {
             let _ = t.join();
         }
+        self.shared.agent.close();
+        if let Some(thread) = agent_service {
+            let _ = thread.join();
+        }
         Ok(exit)
+    }
+}
+
+/// Serves the partition protocol on the agent channel, one session after another (an
+/// agent that restarts says hello again), until the channel closes.
+fn serve_agent(service: &PartitionService, agent: &AgentChannel) {
+    loop {
+        let (reader, writer) = agent.stream();
+        match service.serve(reader, writer, Authority::Guest) {
+            protocol::ProtocolError::Closed => return,
+            protocol::ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return,
+            end => eprintln!("mempart-vmm: agent session ended: {end}"),
+        }
     }
 }
 
@@ -726,6 +761,7 @@ fn mmio(shared: &Shared, gpa: u64, write: bool) {
         if write { "wrote" } else { "read" }
     );
     let _ = lock(&shared.engine).report_violation(class, gpa);
+    shared.service.changed();
     lock(&shared.violations).push(Violation { class, gpa, write });
 }
 

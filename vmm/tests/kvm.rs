@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver};
 
 use common::{guest, kvm_available, next_line, Lines};
-use vmm::config::{parse_class, with_sysram};
+use vmm::config::{parse_class, with_sysram, AgentEnd};
 use vmm::{Backend, SerialOut, Vm, VmConfig, VmExit};
 
 const MAILBOX: u64 = 0x80000;
@@ -31,6 +31,7 @@ fn config(kernel: PathBuf, cpus: u32, classes: &[&str]) -> (VmConfig, Receiver<S
         topology: None,
         serial: SerialOut::Writer(Box::new(Lines::new(tx))),
         kvm_device: PathBuf::from("/dev/kvm"),
+        agent_end: AgentEnd::Raw,
     };
     (config, rx)
 }

@@ -14,7 +14,7 @@ use std::sync::mpsc::channel;
 use std::time::Instant;
 
 use common::{kvm_available, line_starting, Lines, GUARD};
-use vmm::config::{parse_class, with_sysram};
+use vmm::config::{parse_class, with_sysram, AgentEnd};
 use vmm::{Backend, SerialOut, Vm, VmConfig, VmExit};
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -96,6 +96,7 @@ fn linux_binds_the_agent_port_and_the_balloon() {
         topology: None,
         serial: SerialOut::Writer(Box::new(Lines::new(tx))),
         kvm_device: PathBuf::from("/dev/kvm"),
+        agent_end: AgentEnd::Raw,
     };
     let started = Instant::now();
     let vm = Vm::new(config).expect("vm");

@@ -4,7 +4,8 @@
 //! is dropped or reordered, and no buffer grows past its limit.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
@@ -53,6 +54,7 @@ struct Channel {
     to_guest: VecDeque<u8>,
     guest_open: bool,
     rejected: u64,
+    closed: bool,
 }
 
 fn lock(c: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
@@ -63,6 +65,7 @@ fn lock(c: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
 #[derive(Clone)]
 pub struct AgentChannel {
     channel: Arc<Mutex<Channel>>,
+    moved: Arc<Condvar>,
     kick: Arc<EventFd>,
 }
 
@@ -108,11 +111,78 @@ impl AgentChannel {
     pub fn rejected(&self) -> u64 {
         lock(&self.channel).rejected
     }
+
+    /// A blocking reader and writer over the channel, for a protocol server.
+    pub fn stream(&self) -> (AgentReader, AgentWriter) {
+        (AgentReader(self.clone()), AgentWriter(self.clone()))
+    }
+
+    /// Ends the stream: blocked readers see end of file, writers an error.
+    pub fn close(&self) {
+        lock(&self.channel).closed = true;
+        self.moved.notify_all();
+    }
+}
+
+/// Reads what the guest sent, waiting for bytes; end of file once closed.
+pub struct AgentReader(AgentChannel);
+
+impl Read for AgentReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let channel = &self.0;
+        let mut c = lock(&channel.channel);
+        while c.to_host.is_empty() && !c.closed {
+            c = channel
+                .moved
+                .wait(c)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let n = buf.len().min(c.to_host.len());
+        for (dst, src) in buf.iter_mut().zip(c.to_host.drain(..n)) {
+            *dst = src;
+        }
+        drop(c);
+        if n > 0 {
+            let _ = channel.kick.write(1);
+        }
+        Ok(n)
+    }
+}
+
+/// Writes to the guest, waiting while its buffer is full.
+pub struct AgentWriter(AgentChannel);
+
+impl Write for AgentWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let channel = &self.0;
+        loop {
+            {
+                let mut c = lock(&channel.channel);
+                if c.closed {
+                    return Err(std::io::ErrorKind::BrokenPipe.into());
+                }
+                if c.to_guest.len() >= BUFFER_LIMIT {
+                    c = channel
+                        .moved
+                        .wait(c)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    drop(c);
+                    continue;
+                }
+            }
+            return Ok(channel.write(bytes));
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The console device model.
 pub struct Console {
     channel: Arc<Mutex<Channel>>,
+    moved: Arc<Condvar>,
     kick: Arc<EventFd>,
     mem: Option<GuestMemoryMmap>,
     queues: Vec<Queue>,
@@ -124,13 +194,16 @@ impl Console {
     /// A console with the agent port; `kick` wakes the event loop when the VMM side moved bytes.
     pub fn new(kick: EventFd) -> (Console, AgentChannel) {
         let channel = Arc::new(Mutex::new(Channel::default()));
+        let moved = Arc::new(Condvar::new());
         let kick = Arc::new(kick);
         let handle = AgentChannel {
             channel: Arc::clone(&channel),
+            moved: Arc::clone(&moved),
             kick: Arc::clone(&kick),
         };
         let console = Console {
             channel,
+            moved,
             kick,
             mem: None,
             queues: Vec::new(),
@@ -179,6 +252,9 @@ impl Console {
         used[PORT0_TX] = self.drain_console(&mem);
         used[AGENT_TX] = self.read_agent(&mem);
         used[AGENT_RX] = self.write_agent(&mem);
+        if used[AGENT_TX] || used[AGENT_RX] {
+            self.moved.notify_all();
+        }
         let notify = used.iter().enumerate().any(|(i, u)| {
             *u && self
                 .queues
@@ -619,6 +695,26 @@ mod tests {
         assert_eq!(&buf[..n], b"later");
         assert_eq!(r.agent.write(&vec![0u8; BUFFER_LIMIT + 10]), BUFFER_LIMIT);
         assert_eq!(r.agent.write(b"x"), 0);
+    }
+
+    #[test]
+    fn the_blocking_stream_waits_for_the_guest_and_ends_on_close() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        let (mut reader, _writer) = r.agent.stream();
+        let waiter = std::thread::spawn(move || {
+            let mut buf = [0u8; 16];
+            let n = reader.read(&mut buf).unwrap_or(0);
+            let tail = reader.read(&mut buf).unwrap_or(99);
+            (buf[..n].to_vec(), tail)
+        });
+        mem.write_slice(b"late", GuestAddress(DATA))
+            .unwrap_or_else(|e| panic!("{e}"));
+        r.offer(AGENT_TX, &[(DATA, 4, false)]);
+        r.console.queue_notified(AGENT_TX);
+        r.agent.close();
+        let (first, tail) = waiter.join().unwrap_or_else(|_| panic!("reader"));
+        assert_eq!((first.as_slice(), tail), (&b"late"[..], 0));
     }
 
     #[test]
