@@ -1,13 +1,18 @@
-/* The guest's /init for the device test: mounts the pseudo file systems, finds the
- * agent port by name, greets the host over it, waits for the host's "done" and reboots
- * (with reboot=k the VMM sees an i8042 reset and exits 0). */
+/* The guest's /init. It mounts the pseudo file systems and then, by the kernel argument
+ * mempart.init=:
+ *   greet  finds the agent port by name, greets the VMM over it, waits for its "done";
+ *   agent  starts mempart-agent on the port and runs each line of /etc/mpctl-script as
+ *          an mpctl command, echoing it;
+ * and reboots (with reboot=k the VMM sees an i8042 reset and exits 0). */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void say(const char *msg) {
@@ -38,11 +43,102 @@ static int find_port(const char *wanted, char *dev, size_t len) {
     return -1;
 }
 
+/* The value of mempart.init= on the kernel command line ("greet" when absent). */
+static void mode(char *out, size_t len) {
+    char line[4096] = {0};
+    int fd = open("/proc/cmdline", O_RDONLY);
+    if (fd >= 0) {
+        ssize_t n = read(fd, line, sizeof line - 1);
+        if (n < 0) n = 0;
+        line[n] = 0;
+        close(fd);
+    }
+    snprintf(out, len, "greet");
+    char *at = strstr(line, "mempart.init=");
+    if (at) {
+        at += strlen("mempart.init=");
+        size_t n = strcspn(at, " \n");
+        if (n >= len) n = len - 1;
+        memcpy(out, at, n);
+        out[n] = 0;
+    }
+}
+
+/* Runs argv, waits for it, returns its exit status. */
+static int run(char *const argv[]) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+/* Starts mempart-agent and waits until it says it is ready (on a pipe). */
+static int start_agent(void) {
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        char *argv[] = {"/bin/mempart-agent", "--listen", "/run/mempart.sock", NULL};
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    char buf[256] = {0};
+    size_t got = 0;
+    while (got < sizeof buf - 1 && read(fds[0], buf + got, 1) == 1 && buf[got] != '\n') got++;
+    buf[got] = 0;
+    printf("init: %s\n", buf);
+    fflush(stdout);
+    return strstr(buf, "ready") ? 0 : -1;
+}
+
+/* Runs every line of /etc/mpctl-script as mpctl arguments (split on spaces). */
+static void run_script(void) {
+    FILE *script = fopen("/etc/mpctl-script", "r");
+    if (!script) {
+        say("no /etc/mpctl-script");
+        return;
+    }
+    char line[512];
+    while (fgets(line, sizeof line, script)) {
+        line[strcspn(line, "\n")] = 0;
+        if (!line[0] || line[0] == '#') continue;
+        printf("guest$ mpctl %s\n", line);
+        fflush(stdout);
+        char *argv[64] = {"/bin/mpctl"};
+        int argc = 1;
+        for (char *tok = strtok(line, " "); tok && argc < 63; tok = strtok(NULL, " ")) argv[argc++] = tok;
+        argv[argc] = NULL;
+        int status = run(argv);
+        if (status != 0) {
+            printf("init: mpctl exited with %d\n", status);
+            fflush(stdout);
+        }
+    }
+    fclose(script);
+}
+
 int main(void) {
     mount("proc", "/proc", "proc", 0, NULL);
     mount("sysfs", "/sys", "sysfs", 0, NULL);
     mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
     say("up");
+    char how[32];
+    mode(how, sizeof how);
+    if (strcmp(how, "agent") == 0) {
+        setenv("MPCTL_SOCKET", "/run/mempart.sock", 1);
+        if (start_agent() == 0) run_script();
+        else say("the agent did not start");
+        say("done");
+        reboot(RB_AUTOBOOT);
+        return 0;
+    }
     char dev[300];
     if (find_port("org.mempart.agent.0", dev, sizeof dev) != 0) {
         say("no agent port");

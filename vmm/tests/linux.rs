@@ -90,7 +90,7 @@ fn linux_binds_the_agent_port_and_the_balloon() {
     let config = VmConfig {
         kernel,
         initrd: Some(initrd),
-        cmdline: "console=ttyS0 reboot=k panic=-1".into(),
+        cmdline: "console=ttyS0 reboot=k panic=-1 mempart.init=greet".into(),
         cpus: 1,
         classes: with_sysram(vec![parse_class("sysram=128M").expect("class")]).expect("classes"),
         topology: None,
@@ -148,4 +148,104 @@ fn linux_binds_the_agent_port_and_the_balloon() {
         Backend::detect().name(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The agent inside Linux: its init starts `mempart-agent` on the agent port and runs
+/// `mpctl` commands (images/init/mpctl-script); the VMM's partition service answers, and
+/// what the guest did is in the VMM's engine.
+#[test]
+fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
+    let (Some(kernel), Some(initrd)) = (
+        env_path("MEMPART_TEST_KERNEL"),
+        env_path("MEMPART_TEST_INITRAMFS"),
+    ) else {
+        return;
+    };
+    if !kvm_available() {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let topology = dir.join(format!("e2e-{}.toml", std::process::id()));
+    std::fs::write(
+        &topology,
+        "[[partition]]\npath = \"/partition/mem/sysram/guaranteed\"\nmin = \"32M\"\nmode = 0o777\n",
+    )
+    .expect("topology");
+    let (tx, rx) = channel();
+    let classes = ["sysram=128M", "fast=64M"]
+        .iter()
+        .map(|c| parse_class(c).expect("class"))
+        .collect();
+    let config = VmConfig {
+        kernel,
+        initrd: Some(initrd),
+        cmdline: "console=ttyS0 reboot=k panic=-1 mempart.init=agent".into(),
+        cpus: 1,
+        classes: with_sysram(classes).expect("classes"),
+        topology: Some(topology),
+        serial: SerialOut::Writer(Box::new(Lines::new(tx))),
+        kvm_device: PathBuf::from("/dev/kvm"),
+        agent_end: AgentEnd::Service,
+    };
+    let started = Instant::now();
+    let vm = Vm::new(config).expect("vm");
+    let handle = vm.handle();
+    let running = std::thread::spawn(move || vm.run());
+    let mut console = Vec::new();
+    loop {
+        let line = common::next_line(&rx);
+        let done = line == "init: done";
+        console.push(line);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        running.join().expect("vm thread").expect("vm ran"),
+        VmExit::Reset
+    );
+    let text = console.join("\n");
+    eprintln!(
+        "backend {}: boot, agent and script in {:.1} s",
+        Backend::detect().name(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(text.contains("init: mempart-agent: ready"), "{text}");
+    assert!(
+        !text.contains("mpctl exited with"),
+        "a command failed:\n{text}"
+    );
+    let after = |cmd: &str| {
+        let at = console
+            .iter()
+            .position(|l| l == &format!("guest$ mpctl {cmd}"))
+            .unwrap_or_else(|| panic!("{cmd} did not run:\n{text}"));
+        console[at + 1..]
+            .iter()
+            .take_while(|l| !l.starts_with("guest$") && !l.starts_with("init:"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(after("ls /partition/mem"), vec!["sysram/", "fast/"]);
+    assert_eq!(
+        after("ls /partition/mem/sysram"),
+        vec!["guaranteed/", "sys/"]
+    );
+    assert!(after("stat /partition/mem/sysram/guaranteed")
+        .contains(&"type         Guarantee".to_string()));
+    let job = after("run --part /partition/mem/sysram/guaranteed/job -- /bin/mpctl stat /partition/mem/sysram/guaranteed/job");
+    assert!(job.contains(&"processes    1".to_string()), "{job:?}");
+    assert!(
+        after("stat /partition/mem/fast").contains(&"allocated    8M".to_string()),
+        "{text}"
+    );
+    let job = handle.with_engine(|e| {
+        e.metrics(
+            &mempart::Credential::Host,
+            "/partition/mem/sysram/guaranteed/job",
+        )
+    });
+    let job = job.expect("the guest created the partition in the VMM's engine");
+    assert_eq!(job.current.limits.max, 16 << 20);
+    assert_eq!(job.processes.len(), 1);
 }
