@@ -51,6 +51,9 @@ enum Command {
         /// The KVM device.
         #[arg(long, default_value = "/dev/kvm")]
         kvm: PathBuf,
+        /// When the guest stops, print the partition table as the VMM holds it.
+        #[arg(long)]
+        report: bool,
     },
     /// Validate a topology against the classes without booting and print the accounting
     /// table, or every violated rule (exit code 1).
@@ -176,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topology,
             serial,
             kvm,
+            report,
         } => {
             let config = VmConfig {
                 kernel,
@@ -188,10 +192,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 kvm_device: kvm,
                 agent_end: vmm::config::AgentEnd::Service,
             };
+            let started = std::time::Instant::now();
             let vm = Vm::new(config)?;
+            let handle = vm.handle();
             let exit = vm.run()?;
             if exit.code() != 0 {
                 eprintln!("mempart-vmm: guest stopped: {exit:?}");
+            }
+            if report {
+                println!(
+                    "\nmempart-vmm: the guest ran {:.1} s; partitions as the VMM holds them:\n",
+                    started.elapsed().as_secs_f64()
+                );
+                handle.with_engine(|engine| print_table(engine))?;
             }
             Ok(ExitCode::from(u8::try_from(exit.code()).unwrap_or(1)))
         }
