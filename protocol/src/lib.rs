@@ -17,6 +17,7 @@
 
 use std::io::{Read, Write};
 
+pub use mempart::topology::parse_size;
 pub use mempart::{
     Association, ClassMetrics, Credential, DirEntry, EntryKind, Event, EventFilter, EventKind,
     Grant, Limits, PartitionMetrics, PartitionType, Pid, Policy, SetOutcome, Spawn, SubId,

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use guest_agent::{DEFAULT_SOCKET, SOCKET_ENV};
 use protocol::{
-    Client, Credential, EntryKind, EventFilter, Grant, Limits, Op, PartitionMetrics, Policy, Reply,
-    ServerFrame, WireError, UNLIMITED,
+    parse_size, Client, Credential, EntryKind, EventFilter, Grant, Limits, Op, PartitionMetrics,
+    Policy, Reply, ServerFrame, WireError, UNLIMITED,
 };
 
 /// Browse and shape memory partitions from inside the guest.
@@ -166,24 +166,7 @@ enum Cmd {
 
 /// Parses 4096, 4K, 64M, 1G or unlimited.
 fn size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    if t.eq_ignore_ascii_case("unlimited") {
-        return Ok(UNLIMITED);
-    }
-    let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, suffix) = t.split_at(end);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("size {text:?} is not a number"))?;
-    let shift = match suffix.to_ascii_uppercase().as_str() {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        _ => return Err(format!("size {text:?}: use K, M or G")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("size {text:?} is too large"))
+    parse_size(text)
 }
 
 fn mode(text: &str) -> Result<u32, String> {
