@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use guest_agent::exits::PidFd;
 use guest_agent::{groups_of, peer_of, Peer, DEFAULT_SOCKET};
 use protocol::{
     read_frame, write_frame, ClientFrame, Credential, Op, Reply, ServerFrame, Spawn, SubId, MAGIC,
@@ -71,6 +72,9 @@ struct Agent {
     upstream: Writer,
     routes: Mutex<Routes>,
 }
+
+/// Stack size of the threads that wait for a process to exit (they only block in poll).
+const EXIT_WAITER_STACK: usize = 64 * 1024;
 
 impl Agent {
     /// Sends `op` upstream for `caller` on behalf of client `client` (request `id`).
@@ -130,8 +134,41 @@ impl Agent {
         }
     }
 
+    /// Waits in the background for `pid` to exit, then tells the service: the process
+    /// is disassociated and its private allocations are freed. A process that is already
+    /// gone is reported at once.
+    fn watch_exit(self: &Arc<Self>, pid: u32) -> anyhow::Result<()> {
+        let report = move |agent: &Agent| {
+            lock(&agent.routes).registered.remove(&pid);
+            agent.forward(
+                AGENT_ITSELF,
+                0,
+                &Credential::guest(0, 0),
+                Op::ProcessExit { pid },
+            )
+        };
+        let pidfd = match PidFd::open(pid) {
+            Ok(pidfd) => pidfd,
+            Err(e) => {
+                eprintln!("mempart-agent: pid {pid}: {e}; treating it as exited");
+                return report(self);
+            }
+        };
+        let agent = Arc::clone(self);
+        std::thread::Builder::new()
+            .name(format!("exit-{pid}"))
+            .stack_size(EXIT_WAITER_STACK)
+            .spawn(move || {
+                if pidfd.wait().is_ok() {
+                    let _ = report(&agent);
+                }
+            })
+            .context("starting an exit waiter")?;
+        Ok(())
+    }
+
     /// Serves one local client until it leaves.
-    fn serve_client(&self, client: u64, stream: UnixStream) -> anyhow::Result<()> {
+    fn serve_client(self: &Arc<Self>, client: u64, stream: UnixStream) -> anyhow::Result<()> {
         let peer: Peer = peer_of(&stream).context("SO_PEERCRED")?;
         let caller = Credential::Guest {
             uid: peer.uid,
@@ -171,6 +208,7 @@ impl Agent {
                     spawn: Spawn::Inherit,
                 },
             )?;
+            self.watch_exit(peer.pid)?;
         }
         let result = loop {
             let frame: ClientFrame = match read_frame(&mut reader) {

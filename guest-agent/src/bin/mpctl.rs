@@ -404,17 +404,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Alloc { class, size: s } => {
             let bytes = size(&s).map_err(Failure::Usage)?;
-            if let Reply::Granted(Grant { partition, bytes }) = call(Op::Allocate {
+            if let Reply::Granted(Grant { bytes, .. }) = call(Op::Allocate {
                 pid: std::process::id(),
                 class,
                 bytes,
             })? {
                 if json {
-                    emit(
-                        serde_json::json!({"partition": format!("{partition:?}"), "bytes": bytes}),
-                    );
+                    emit(serde_json::json!({ "granted": bytes }));
                 } else {
-                    println!("granted {} in {partition:?}", human(bytes));
+                    println!("granted {}", human(bytes));
                 }
             }
         }
