@@ -1,6 +1,7 @@
 //! What `mempart-agent` and `mpctl` share: where the agent listens, and who is on the
 //! other end of a local socket.
 
+pub mod cgroup;
 pub mod exits;
 
 use std::os::fd::AsRawFd;

@@ -76,13 +76,14 @@ static int run(char *const argv[]) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
-/* Starts mempart-agent and waits until it says it is ready (on a pipe). */
+/* Starts mempart-agent and waits until it says it is ready (its standard output is a
+ * pipe; its diagnostics go to the console). */
 static int start_agent(void) {
     int fds[2];
     if (pipe(fds) != 0) return -1;
     pid_t pid = fork();
     if (pid == 0) {
-        dup2(fds[1], 2);
+        dup2(fds[1], 1);
         close(fds[0]);
         char *argv[] = {"/bin/mempart-agent", "--listen", "/run/mempart.sock", NULL};
         execv(argv[0], argv);
@@ -132,6 +133,7 @@ int main(void) {
     char how[32];
     mode(how, sizeof how);
     if (strcmp(how, "agent") == 0) {
+        if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", 0, NULL) != 0) say("no cgroup2");
         setenv("MPCTL_SOCKET", "/run/mempart.sock", 1);
         if (start_agent() == 0) run_script();
         else say("the agent did not start");

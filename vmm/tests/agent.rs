@@ -74,11 +74,13 @@ impl Rig {
             .arg(&upstream)
             .arg("--listen")
             .arg(dir.join("agent.sock"))
-            .stderr(Stdio::piped())
+            .arg("--cgroup-root")
+            .arg(dir.join("cgroup"))
+            .stdout(Stdio::piped())
             .spawn()
             .expect("agent starts");
         let mut ready = String::new();
-        BufReader::new(agent.stderr.take().expect("stderr"))
+        BufReader::new(agent.stdout.take().expect("stdout"))
             .read_line(&mut ready)
             .expect("agent speaks");
         assert!(ready.starts_with("mempart-agent: ready"), "{ready}");
@@ -339,4 +341,56 @@ fn an_exiting_process_is_disassociated_and_its_allocations_freed() {
         .class_metrics(&Credential::Host, "/partition/mem/fast")
         .expect("class");
     assert_eq!(class.allocated, 0, "the allocation left with its process");
+}
+
+#[test]
+fn sysram_partitions_are_mirrored_as_cgroups_before_the_caller_hears_back() {
+    let rig = Rig::new("cgroups");
+    rig.ok(
+        0,
+        &[
+            "create",
+            "/partition/mem/sysram/apps",
+            "--min",
+            "16M",
+            "--max",
+            "64M",
+        ],
+    );
+    rig.ok(
+        0,
+        &["create", "/partition/mem/sysram/apps/web", "--max", "8M"],
+    );
+    let child = Command::new(binary("mpctl"))
+        .env("MPCTL_SOCKET", rig.dir.join("agent.sock"))
+        .args([
+            "run",
+            "--part",
+            "/partition/mem/sysram/apps/web",
+            "--",
+            "/bin/true",
+        ])
+        .spawn()
+        .expect("mpctl run");
+    let pid = child.id();
+    let status = child.wait_with_output().expect("mpctl run ends").status;
+    assert!(status.success());
+    let read = |p: &str| {
+        std::fs::read_to_string(rig.dir.join("cgroup/mempart").join(p)).unwrap_or_default()
+    };
+    assert_eq!(read("apps/memory.min"), format!("{}\n", 16 * MIB));
+    assert_eq!(read("apps/memory.max"), format!("{}\n", 64 * MIB));
+    assert_eq!(read("apps/web/memory.max"), format!("{}\n", 8 * MIB));
+    assert_eq!(read("sys/memory.max"), "max\n");
+    assert!(
+        read("apps/web/cgroup.procs")
+            .lines()
+            .any(|l| l == pid.to_string()),
+        "{}",
+        read("apps/web/cgroup.procs")
+    );
+    rig.ok(0, &["set", "/partition/mem/sysram/apps/web", "--max", "4M"]);
+    assert_eq!(read("apps/web/memory.max"), format!("{}\n", 4 * MIB));
+    rig.ok(0, &["destroy", "/partition/mem/sysram/apps/web"]);
+    assert!(!rig.dir.join("cgroup/mempart/apps/web").exists());
 }

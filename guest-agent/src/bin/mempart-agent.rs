@@ -10,15 +10,17 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use guest_agent::cgroup::{CgroupMirror, Node};
 use guest_agent::exits::PidFd;
 use guest_agent::{groups_of, peer_of, Peer, DEFAULT_SOCKET};
 use protocol::{
-    read_frame, write_frame, ClientFrame, Credential, Op, Reply, ServerFrame, Spawn, SubId, MAGIC,
-    VERSION,
+    read_frame, write_frame, ClientFrame, Credential, EntryKind, Op, Reply, ServerFrame, Spawn,
+    SubId, WireError, MAGIC, VERSION,
 };
 
 /// The mempart guest agent.
@@ -32,6 +34,12 @@ struct Args {
     /// Where local clients (mpctl) connect.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     listen: PathBuf,
+    /// Mirror sysram partitions as cgroup v2 groups under this root (in <root>/mempart).
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// Do not mirror partitions into cgroups.
+    #[arg(long)]
+    no_cgroups: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -40,15 +48,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type Writer = Arc<Mutex<Box<dyn Write + Send>>>;
 
-/// The client id of requests the agent makes itself; their responses go nowhere.
-const AGENT_ITSELF: u64 = u64::MAX;
+/// Where a response goes.
+enum Route {
+    /// To a client, as its request `id`; `mutating` responses wait for the cgroup mirror.
+    Client {
+        client: u64,
+        id: u32,
+        mutating: bool,
+    },
+    /// To the agent itself, waiting on a channel.
+    Ask(Sender<Result<Reply, WireError>>),
+    /// Nowhere (the agent's own fire-and-forget requests).
+    Drop,
+}
 
 /// Who waits for what upstream.
 #[derive(Default)]
 struct Routes {
     next_id: u32,
-    /// Upstream request id → (client, the client's own request id).
-    pending: HashMap<u32, (u64, u32)>,
+    /// Upstream request id → where its response goes.
+    pending: HashMap<u32, Route>,
     /// Subscription → the client that holds it.
     subscriptions: HashMap<SubId, u64>,
     /// Client → its socket.
@@ -71,19 +90,21 @@ fn parent_of(pid: u32) -> Option<u32> {
 struct Agent {
     upstream: Writer,
     routes: Mutex<Routes>,
+    /// Mutating responses held until the cgroup mirror has caught up (when mirroring).
+    mirror_queue: Option<Sender<(u64, ServerFrame)>>,
 }
 
 /// Stack size of the threads that wait for a process to exit (they only block in poll).
 const EXIT_WAITER_STACK: usize = 64 * 1024;
 
 impl Agent {
-    /// Sends `op` upstream for `caller` on behalf of client `client` (request `id`).
-    fn forward(&self, client: u64, id: u32, caller: &Credential, op: Op) -> anyhow::Result<()> {
+    /// Sends `op` upstream for `caller`; its response goes where `route` says.
+    fn send(&self, route: Route, caller: &Credential, op: Op) -> anyhow::Result<()> {
         let upstream_id = {
             let mut routes = lock(&self.routes);
             routes.next_id = routes.next_id.wrapping_add(1);
             let upstream_id = routes.next_id;
-            routes.pending.insert(upstream_id, (client, id));
+            routes.pending.insert(upstream_id, route);
             upstream_id
         };
         let frame = ClientFrame::Request {
@@ -94,6 +115,97 @@ impl Agent {
         write_frame(&mut *lock(&self.upstream), &frame).context("writing upstream")
     }
 
+    /// Sends `op` on behalf of a client (request `id`).
+    fn forward(&self, client: u64, id: u32, caller: &Credential, op: Op) -> anyhow::Result<()> {
+        let mutating = matches!(
+            op,
+            Op::Create { .. }
+                | Op::Destroy { .. }
+                | Op::SetLimits { .. }
+                | Op::Associate { .. }
+                | Op::Disassociate { .. }
+        );
+        self.send(
+            Route::Client {
+                client,
+                id,
+                mutating,
+            },
+            caller,
+            op,
+        )
+    }
+
+    /// Sends `op` as the agent itself and forgets the answer.
+    fn tell(&self, op: Op) -> anyhow::Result<()> {
+        self.send(Route::Drop, &Credential::guest(0, 0), op)
+    }
+
+    /// Sends `op` as the guest superuser and waits for the answer (not from the routing thread).
+    fn ask(&self, op: Op) -> anyhow::Result<Result<Reply, WireError>> {
+        let (tx, rx) = channel();
+        self.send(Route::Ask(tx), &Credential::guest(0, 0), op)?;
+        rx.recv().context("the upstream ended")
+    }
+
+    /// Reads the sysram tree from the service and writes it into the cgroup mirror.
+    fn sync_mirror(&self, mirror: &CgroupMirror) -> anyhow::Result<()> {
+        let mut nodes = Vec::new();
+        let mut todo = vec![String::new()];
+        while let Some(rel) = todo.pop() {
+            let path = if rel.is_empty() {
+                "/partition/mem/sysram".to_string()
+            } else {
+                format!("/partition/mem/sysram/{rel}")
+            };
+            let Ok(Reply::Entries(entries)) = self.ask(Op::List { path })? else {
+                continue;
+            };
+            for entry in entries
+                .into_iter()
+                .filter(|e| e.kind == EntryKind::Partition)
+            {
+                let child = if rel.is_empty() {
+                    entry.name
+                } else {
+                    format!("{rel}/{}", entry.name)
+                };
+                let path = format!("/partition/mem/sysram/{child}");
+                if let Ok(Reply::Metrics(m)) = self.ask(Op::Metrics { path })? {
+                    nodes.push(Node {
+                        rel: child.clone(),
+                        min: m.current.limits.min,
+                        max: m.pending_max.unwrap_or(m.current.limits.max),
+                        pids: m.processes.clone(),
+                    });
+                    todo.push(child);
+                }
+            }
+        }
+        mirror.apply(&nodes).context("writing the cgroup mirror")
+    }
+
+    /// Keeps the cgroup mirror in step: after each mutating request, before its client
+    /// hears the answer.
+    fn run_mirror(&self, mirror: &CgroupMirror, queue: Receiver<(u64, ServerFrame)>) {
+        if let Err(e) = self.sync_mirror(mirror) {
+            eprintln!("mempart-agent: cgroup mirror: {e:#}");
+        }
+        for (client, frame) in queue {
+            if let Err(e) = self.sync_mirror(mirror) {
+                eprintln!("mempart-agent: cgroup mirror: {e:#}");
+            }
+            self.deliver(client, &frame);
+        }
+    }
+
+    fn deliver(&self, client: u64, frame: &ServerFrame) {
+        let socket = lock(&self.routes).clients.get(&client).cloned();
+        if let Some(socket) = socket {
+            let _ = write_frame(&mut *lock(&socket), frame);
+        }
+    }
+
     /// Hands every upstream frame to the client it belongs to.
     fn route_upstream(&self, mut reader: Box<dyn Read + Send>) -> anyhow::Result<()> {
         loop {
@@ -101,21 +213,34 @@ impl Agent {
             let (target, frame) = {
                 let mut routes = lock(&self.routes);
                 match frame {
-                    ServerFrame::Response { id, result } => {
-                        let Some((client, their_id)) = routes.pending.remove(&id) else {
-                            continue;
-                        };
-                        if let Ok(Reply::Subscribed(sub)) = &result {
-                            routes.subscriptions.insert(*sub, client);
-                        }
-                        (
+                    ServerFrame::Response { id, result } => match routes.pending.remove(&id) {
+                        Some(Route::Client {
                             client,
-                            ServerFrame::Response {
+                            id: their_id,
+                            mutating,
+                        }) => {
+                            if let Ok(Reply::Subscribed(sub)) = &result {
+                                routes.subscriptions.insert(*sub, client);
+                            }
+                            let ok = result.is_ok();
+                            let frame = ServerFrame::Response {
                                 id: their_id,
                                 result,
-                            },
-                        )
-                    }
+                            };
+                            match &self.mirror_queue {
+                                Some(queue) if mutating && ok => {
+                                    let _ = queue.send((client, frame));
+                                    continue;
+                                }
+                                _ => (client, frame),
+                            }
+                        }
+                        Some(Route::Ask(tx)) => {
+                            let _ = tx.send(result);
+                            continue;
+                        }
+                        Some(Route::Drop) | None => continue,
+                    },
                     ServerFrame::Event { sub, event } => match routes.subscriptions.get(&sub) {
                         Some(&client) => (client, ServerFrame::Event { sub, event }),
                         None => continue,
@@ -127,10 +252,7 @@ impl Agent {
                     other => bail!("unexpected upstream frame {other:?}"),
                 }
             };
-            let socket = lock(&self.routes).clients.get(&target).cloned();
-            if let Some(socket) = socket {
-                let _ = write_frame(&mut *lock(&socket), &frame);
-            }
+            self.deliver(target, &frame);
         }
     }
 
@@ -140,12 +262,7 @@ impl Agent {
     fn watch_exit(self: &Arc<Self>, pid: u32) -> anyhow::Result<()> {
         let report = move |agent: &Agent| {
             lock(&agent.routes).registered.remove(&pid);
-            agent.forward(
-                AGENT_ITSELF,
-                0,
-                &Credential::guest(0, 0),
-                Op::ProcessExit { pid },
-            )
+            agent.tell(Op::ProcessExit { pid })
         };
         let pidfd = match PidFd::open(pid) {
             Ok(pidfd) => pidfd,
@@ -198,9 +315,8 @@ impl Agent {
             new.then_some(parent)
         };
         if let Some(parent) = register {
-            self.forward(
-                AGENT_ITSELF,
-                0,
+            self.send(
+                Route::Drop,
                 &caller,
                 Op::ProcessStart {
                     pid: peer.pid,
@@ -258,7 +374,7 @@ impl Agent {
             mine
         };
         for sub in subs {
-            let _ = self.forward(AGENT_ITSELF, 0, &caller, Op::Unsubscribe { sub });
+            let _ = self.send(Route::Drop, &caller, Op::Unsubscribe { sub });
         }
         result
     }
@@ -322,19 +438,33 @@ fn main() -> anyhow::Result<()> {
         &args.listen,
         std::os::unix::fs::PermissionsExt::from_mode(0o666),
     )?;
+    let (mirror_queue, mirror) = if args.no_cgroups {
+        (None, None)
+    } else {
+        let (tx, rx) = channel();
+        (Some(tx), Some((CgroupMirror::new(&args.cgroup_root), rx)))
+    };
     let agent = Arc::new(Agent {
         upstream: Arc::new(Mutex::new(writer)),
         routes: Mutex::new(Routes::default()),
+        mirror_queue,
     });
     let router = {
         let agent = Arc::clone(&agent);
         std::thread::spawn(move || agent.route_upstream(reader))
     };
-    eprintln!(
+    if let Some((mirror, queue)) = mirror {
+        let agent = Arc::clone(&agent);
+        std::thread::spawn(move || agent.run_mirror(&mirror, queue));
+    }
+    // The ready line goes to standard output, so a supervisor can wait for it while
+    // diagnostics keep going to standard error.
+    println!(
         "mempart-agent: ready on {} (upstream {})",
         args.listen.display(),
         upstream.display()
     );
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let mut next_client = 0u64;
     for stream in listener.incoming() {
         if router.is_finished() {

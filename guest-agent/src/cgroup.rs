@@ -1,0 +1,149 @@
+//! The cgroup v2 mirror of sysram partitions: one cgroup per partition under
+//! `<root>/mempart`, with `memory.min` and `memory.max` from the partition's limits and
+//! its processes in `cgroup.procs`, so an association bites inside the guest.
+
+use std::collections::BTreeSet;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// One sysram partition as the mirror needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Path below `/partition/mem/sysram`, e.g. `apps/web`.
+    pub rel: String,
+    /// `memory.min`.
+    pub min: u64,
+    /// `memory.max` (`u64::MAX` for none).
+    pub max: u64,
+    /// Processes to place in it.
+    pub pids: Vec<u32>,
+}
+
+/// Writes partitions into a cgroup v2 hierarchy (or any directory laid out like one).
+pub struct CgroupMirror {
+    root: PathBuf,
+}
+
+/// Sets a control file's value (replacing it in a look-alike directory).
+fn write_file(path: &Path, text: &str) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// Adds a process to a cgroup: one pid per write, as cgroupfs wants.
+fn add_process(path: &Path, pid: u32) -> io::Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(format!("{pid}\n").as_bytes())
+}
+
+impl CgroupMirror {
+    /// A mirror under `<cgroup_root>/mempart`.
+    pub fn new(cgroup_root: &Path) -> CgroupMirror {
+        CgroupMirror {
+            root: cgroup_root.to_path_buf(),
+        }
+    }
+
+    fn base(&self) -> PathBuf {
+        self.root.join("mempart")
+    }
+
+    /// Makes the hierarchy match `nodes`: creates and configures their cgroups, places
+    /// their processes and removes cgroups of partitions that are gone.
+    pub fn apply(&self, nodes: &[Node]) -> io::Result<()> {
+        let base = self.base();
+        fs::create_dir_all(&base)?;
+        // Delegate the memory controller down to every level we create.
+        let _ = write_file(&self.root.join("cgroup.subtree_control"), "+memory\n");
+        let mut sorted: Vec<&Node> = nodes.iter().collect();
+        sorted.sort_by_key(|n| n.rel.matches('/').count());
+        let mut wanted = BTreeSet::new();
+        for node in sorted {
+            let dir = base.join(&node.rel);
+            fs::create_dir_all(&dir)?;
+            if let Some(parent) = dir.parent() {
+                let _ = write_file(&parent.join("cgroup.subtree_control"), "+memory\n");
+            }
+            write_file(&dir.join("memory.min"), &format!("{}\n", node.min))?;
+            let max = if node.max == u64::MAX {
+                "max".to_string()
+            } else {
+                node.max.to_string()
+            };
+            write_file(&dir.join("memory.max"), &format!("{max}\n"))?;
+            for pid in &node.pids {
+                // A process that has exited meanwhile cannot be moved; that is fine.
+                let _ = add_process(&dir.join("cgroup.procs"), *pid);
+            }
+            wanted.insert(dir);
+        }
+        self.remove_stale(&base, &wanted)
+    }
+
+    /// Removes directories below `dir` that no partition wants, deepest first.
+    fn remove_stale(&self, dir: &Path, wanted: &BTreeSet<PathBuf>) -> io::Result<()> {
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            if !path.is_dir() {
+                continue;
+            }
+            self.remove_stale(&path, wanted)?;
+            if !wanted.contains(&path) {
+                // A real cgroup goes with rmdir; a look-alike directory holds plain files.
+                if fs::remove_dir(&path).is_err() {
+                    let _ = fs::remove_dir_all(&path);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_become_cgroups_with_limits_and_processes_and_stale_ones_go() {
+        let root = std::env::temp_dir().join(format!("mempart-cgroup-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap_or_else(|e| panic!("{e}"));
+        let mirror = CgroupMirror::new(&root);
+        let nodes = vec![
+            Node {
+                rel: "apps".into(),
+                min: 1 << 24,
+                max: u64::MAX,
+                pids: vec![],
+            },
+            Node {
+                rel: "apps/web".into(),
+                min: 0,
+                max: 1 << 26,
+                pids: vec![42],
+            },
+            Node {
+                rel: "old".into(),
+                min: 0,
+                max: u64::MAX,
+                pids: vec![],
+            },
+        ];
+        mirror.apply(&nodes).unwrap_or_else(|e| panic!("{e}"));
+        let read = |p: &str| fs::read_to_string(root.join("mempart").join(p)).unwrap_or_default();
+        assert_eq!(read("apps/memory.min"), "16777216\n");
+        assert_eq!(read("apps/memory.max"), "max\n");
+        assert_eq!(read("apps/web/memory.max"), "67108864\n");
+        assert_eq!(read("apps/web/cgroup.procs"), "42\n");
+        assert_eq!(read("cgroup.subtree_control"), "+memory\n");
+        mirror.apply(&nodes[..2]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!root.join("mempart/old").exists());
+        assert!(root.join("mempart/apps/web").exists());
+        let _ = fs::remove_dir_all(&root);
+    }
+}
