@@ -76,13 +76,27 @@ impl CgroupMirror {
                 node.max.to_string()
             };
             write_file(&dir.join("memory.max"), &format!("{max}\n"))?;
-            for pid in &node.pids {
-                // A process that has exited meanwhile cannot be moved; that is fine.
-                let _ = add_process(&dir.join("cgroup.procs"), *pid);
+            // Processes of `sys` stay where they are (the root group, unlimited like an
+            // Open sys); others move only when they are not in their group already.
+            if node.rel != "sys" {
+                for pid in &node.pids {
+                    if !self.is_in(*pid, &node.rel) {
+                        // A process that has exited meanwhile cannot be moved; that is fine.
+                        let _ = add_process(&dir.join("cgroup.procs"), *pid);
+                    }
+                }
             }
             wanted.insert(dir);
         }
         self.remove_stale(&base, &wanted)
+    }
+
+    /// Whether `pid` already sits in the group for `rel` (per `/proc/<pid>/cgroup`, which
+    /// reads `0::/mempart/<rel>` on a cgroup v2 guest).
+    fn is_in(&self, pid: u32, rel: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|c| c.lines().any(|l| l == format!("0::/mempart/{rel}")))
+            .unwrap_or(false)
     }
 
     /// Removes directories below `dir` that no partition wants, deepest first.
@@ -141,7 +155,13 @@ mod tests {
         assert_eq!(read("apps/web/memory.max"), "67108864\n");
         assert_eq!(read("apps/web/cgroup.procs"), "42\n");
         assert_eq!(read("cgroup.subtree_control"), "+memory\n");
+        assert_eq!(
+            read("sys/cgroup.procs"),
+            "",
+            "sys's processes stay in the root group"
+        );
         mirror.apply(&nodes[..2]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!root.join("mempart/sys").exists());
         assert!(!root.join("mempart/old").exists());
         assert!(root.join("mempart/apps/web").exists());
         let _ = fs::remove_dir_all(&root);

@@ -43,8 +43,8 @@ static int find_port(const char *wanted, char *dev, size_t len) {
     return -1;
 }
 
-/* The value of mempart.init= on the kernel command line ("greet" when absent). */
-static void mode(char *out, size_t len) {
+/* The value of kernel argument `key` (e.g. "mempart.init="), or `fallback`. */
+static void param(const char *key, const char *fallback, char *out, size_t len) {
     char line[4096] = {0};
     int fd = open("/proc/cmdline", O_RDONLY);
     if (fd >= 0) {
@@ -53,10 +53,10 @@ static void mode(char *out, size_t len) {
         line[n] = 0;
         close(fd);
     }
-    snprintf(out, len, "greet");
-    char *at = strstr(line, "mempart.init=");
+    snprintf(out, len, "%s", fallback);
+    char *at = strstr(line, key);
     if (at) {
-        at += strlen("mempart.init=");
+        at += strlen(key);
         size_t n = strcspn(at, " \n");
         if (n >= len) n = len - 1;
         memcpy(out, at, n);
@@ -73,19 +73,24 @@ static int run(char *const argv[]) {
     }
     int status = 0;
     waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
 }
 
 /* Starts mempart-agent and waits until it says it is ready (its standard output is a
  * pipe; its diagnostics go to the console). */
-static int start_agent(void) {
+static int start_agent(int cgroups) {
     int fds[2];
     if (pipe(fds) != 0) return -1;
     pid_t pid = fork();
     if (pid == 0) {
         dup2(fds[1], 1);
         close(fds[0]);
-        char *argv[] = {"/bin/mempart-agent", "--listen", "/run/mempart.sock", NULL};
+        /* The cgroup mirror stays off here: on kvm_pvm hosts guest processes crashed or
+         * misbehaved with it on (see the README); mempart.cgroups=on turns it on. */
+        char *with[] = {"/bin/mempart-agent", "--listen", "/run/mempart.sock", NULL};
+        char *without[] = {"/bin/mempart-agent", "--listen", "/run/mempart.sock", "--no-cgroups", NULL};
+        char **argv = cgroups ? with : without;
         execv(argv[0], argv);
         _exit(127);
     }
@@ -131,11 +136,13 @@ int main(void) {
     mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
     say("up");
     char how[32];
-    mode(how, sizeof how);
+    param("mempart.init=", "greet", how, sizeof how);
     if (strcmp(how, "agent") == 0) {
         if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", 0, NULL) != 0) say("no cgroup2");
         setenv("MPCTL_SOCKET", "/run/mempart.sock", 1);
-        if (start_agent() == 0) run_script();
+        char cg[8];
+        param("mempart.cgroups=", "off", cg, sizeof cg);
+        if (start_agent(strcmp(cg, "on") == 0) == 0) run_script();
         else say("the agent did not start");
         say("done");
         reboot(RB_AUTOBOOT);

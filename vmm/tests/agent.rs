@@ -382,6 +382,11 @@ fn sysram_partitions_are_mirrored_as_cgroups_before_the_caller_hears_back() {
     assert_eq!(read("apps/memory.max"), format!("{}\n", 64 * MIB));
     assert_eq!(read("apps/web/memory.max"), format!("{}\n", 8 * MIB));
     assert_eq!(read("sys/memory.max"), "max\n");
+    assert_eq!(
+        read("sys/cgroup.procs"),
+        "",
+        "sys's processes stay in the root group"
+    );
     assert!(
         read("apps/web/cgroup.procs")
             .lines()

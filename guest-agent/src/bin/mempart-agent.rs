@@ -188,9 +188,6 @@ impl Agent {
     /// Keeps the cgroup mirror in step: after each mutating request, before its client
     /// hears the answer.
     fn run_mirror(&self, mirror: &CgroupMirror, queue: Receiver<(u64, ServerFrame)>) {
-        if let Err(e) = self.sync_mirror(mirror) {
-            eprintln!("mempart-agent: cgroup mirror: {e:#}");
-        }
         for (client, frame) in queue {
             if let Err(e) = self.sync_mirror(mirror) {
                 eprintln!("mempart-agent: cgroup mirror: {e:#}");
@@ -454,6 +451,11 @@ fn main() -> anyhow::Result<()> {
         std::thread::spawn(move || agent.route_upstream(reader))
     };
     if let Some((mirror, queue)) = mirror {
+        // The first sync enables the memory controller and builds the groups before any
+        // client can run: changing that under running processes is what to avoid.
+        agent
+            .sync_mirror(&mirror)
+            .context("the first cgroup mirror")?;
         let agent = Arc::clone(&agent);
         std::thread::spawn(move || agent.run_mirror(&mirror, queue));
     }
@@ -476,7 +478,12 @@ fn main() -> anyhow::Result<()> {
         let client = next_client;
         std::thread::spawn(move || {
             if let Err(e) = agent.serve_client(client, stream) {
-                eprintln!("mempart-agent: client {client}: {e:#}");
+                let closed = e
+                    .downcast_ref::<protocol::ProtocolError>()
+                    .is_some_and(|e| matches!(e, protocol::ProtocolError::Closed));
+                if !closed {
+                    eprintln!("mempart-agent: client {client}: {e:#}");
+                }
             }
         });
     }
