@@ -1,6 +1,7 @@
 //! `mempart-vmm`: a minimal KVM VMM whose guest memory is split into memory classes, each
 //! its own host region, with the partition engine deciding who may use what.
 
+pub mod api;
 pub mod boot;
 pub mod config;
 pub mod memory;

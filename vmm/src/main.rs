@@ -54,6 +54,9 @@ enum Command {
         /// When the guest stops, print the partition table as the VMM holds it.
         #[arg(long)]
         report: bool,
+        /// Serve the host API (HTTP/1.1, JSON) on this unix socket.
+        #[arg(long)]
+        api_sock: Option<PathBuf>,
     },
     /// Validate a topology against the classes without booting and print the accounting
     /// table, or every violated rule (exit code 1).
@@ -180,6 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serial,
             kvm,
             report,
+            api_sock,
         } => {
             let config = VmConfig {
                 kernel,
@@ -195,6 +199,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let started = std::time::Instant::now();
             let vm = Vm::new(config)?;
             let handle = vm.handle();
+            if let Some(path) = &api_sock {
+                vmm::api::serve(path, handle.clone())
+                    .with_context(|| format!("--api-sock {}", path.display()))?;
+            }
             let exit = vm.run()?;
             if exit.code() != 0 {
                 eprintln!("mempart-vmm: guest stopped: {exit:?}");

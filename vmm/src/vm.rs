@@ -865,6 +865,19 @@ impl VmHandle {
         lock(&self.shared.violations).clone()
     }
 
+    /// Backend, classes and where they sit, as JSON.
+    pub fn info(&self) -> serde_json::Value {
+        let classes: Vec<serde_json::Value> = lock(&self.shared.classes)
+            .iter()
+            .map(|c| serde_json::json!({ "name": c.name, "base": c.base, "size": c.size, "granted": c.grants() }))
+            .collect();
+        serde_json::json!({
+            "backend": Backend::detect().name(),
+            "sysram": self.shared.sysram.size,
+            "classes": classes,
+        })
+    }
+
     /// Runs `f` on the partition engine.
     pub fn with_engine<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> T {
         f(&mut lock(&self.shared.engine))

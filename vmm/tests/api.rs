@@ -1,0 +1,191 @@
+//! The host API over a real unix socket: every endpoint, and malformed requests getting a
+//! 4xx with a JSON error while the VMM carries on.
+
+// Test helpers fail the test loudly with the reason.
+#![allow(clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::channel;
+
+use common::{guest, kvm_available, next_line, Lines};
+use vmm::config::{parse_class, with_sysram, AgentEnd};
+use vmm::{SerialOut, Vm, VmConfig, VmExit};
+
+/// One request on a fresh connection: (status, body).
+fn http(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).expect("api socket");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).expect("write");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn every_endpoint_and_malformed_requests() {
+    if !kvm_available() {
+        return;
+    }
+    let (tx, rx) = channel();
+    let classes = ["sysram=64M", "fast=16M"]
+        .iter()
+        .map(|c| parse_class(c).expect("class"))
+        .collect();
+    let config = VmConfig {
+        kernel: guest("wait"),
+        initrd: None,
+        cmdline: String::new(),
+        cpus: 1,
+        classes: with_sysram(classes).expect("classes"),
+        topology: None,
+        serial: SerialOut::Writer(Box::new(Lines::new(tx))),
+        kvm_device: PathBuf::from("/dev/kvm"),
+        agent_end: AgentEnd::Raw,
+    };
+    let vm = Vm::new(config).expect("vm");
+    let handle = vm.handle();
+    let sock =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("api-{}.sock", std::process::id()));
+    vmm::api::serve(&sock, handle.clone()).expect("api");
+    let running = std::thread::spawn(move || vm.run());
+    assert_eq!(next_line(&rx), "guest: waiting");
+
+    let (status, body) = http(&sock, "GET", "/vm", "");
+    assert_eq!(status, 200, "{body}");
+    let vm_info: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(vm_info["classes"][0]["name"], "fast");
+    assert_eq!(vm_info["classes"][0]["base"], 4u64 << 30);
+
+    assert_eq!(
+        http(
+            &sock,
+            "POST",
+            "/partition/mem/fast/box",
+            r#"{"min": 4194304, "max": 4194304}"#
+        )
+        .0,
+        200
+    );
+    let (status, body) = http(&sock, "GET", "/partition/mem/fast/box", "");
+    assert_eq!(status, 200);
+    let m: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(m["kind"], "sandbox");
+    let (status, body) = http(&sock, "GET", "/partition/mem/fast", "");
+    assert_eq!(
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).expect("json")["free"].clone()
+        ),
+        (200, (12u64 << 20).into())
+    );
+    let (status, body) = http(&sock, "GET", "/partition/mem/fast?list", "");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"box\"") && body.contains("\"sys\""),
+        "{body}"
+    );
+    let (status, body) = http(
+        &sock,
+        "PATCH",
+        "/partition/mem/fast/box",
+        r#"{"max": 8388608}"#,
+    );
+    assert_eq!((status, body.as_str()), (200, "\"applied\""));
+
+    let (status, metrics) = http(&sock, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# TYPE mempart_class_free_bytes gauge"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "mempart_class_free_bytes{{class=\"fast\"}} {}",
+            12u64 << 20
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "mempart_partition_min_bytes{class=\"fast\",path=\"/partition/mem/fast/box\"} 4194304"
+        ),
+        "{metrics}"
+    );
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').expect("a sample");
+        assert!(
+            series.starts_with("mempart_") && value.parse::<u64>().is_ok(),
+            "{line}"
+        );
+    }
+
+    assert_eq!(
+        http(&sock, "PUT", "/balloon", r#"{"target_pages": 256}"#).0,
+        200
+    );
+    let (status, body) = http(&sock, "GET", "/balloon", "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["target_pages"],
+        256
+    );
+
+    for (method, path, body, want) in [
+        ("POST", "/partition/mem/fast/bad", "{not json", 400),
+        (
+            "POST",
+            "/partition/mem/fast/bad",
+            r#"{"min": 1, "colour": 2}"#,
+            400,
+        ),
+        ("POST", "/partition/mem/fast/box", "{}", 409),
+        (
+            "POST",
+            "/partition/mem/fast/too",
+            r#"{"min": 33554432}"#,
+            409,
+        ),
+        ("GET", "/partition/mem/slow", "", 404),
+        ("GET", "/nowhere", "", 404),
+        ("PUT", "/vm", "", 404),
+        ("PUT", "/partition/mem/fast/box", "", 405),
+        ("DELETE", "/partition/mem/fast/sys", "", 403),
+        ("PUT", "/balloon", r#"{"target_pages": -1}"#, 400),
+    ] {
+        let (status, body) = http(&sock, method, path, body);
+        assert_eq!(status, want, "{method} {path}: {body}");
+        let err: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");
+        assert!(err["error"].is_string(), "{body}");
+    }
+    let huge = "x".repeat(vmm::api::MAX_BODY + 1);
+    assert_eq!(
+        http(&sock, "POST", "/partition/mem/fast/huge", &huge).0,
+        413
+    );
+    assert_eq!(http(&sock, "DELETE", "/partition/mem/fast/box", "").0, 200);
+    assert_eq!(http(&sock, "GET", "/vm", "").0, 200, "the VMM is unharmed");
+
+    handle
+        .write_sysram(0x80000, &1u64.to_le_bytes())
+        .expect("mailbox");
+    assert_eq!(
+        running.join().expect("vm thread").expect("vm ran"),
+        VmExit::Reset
+    );
+}
