@@ -4,6 +4,7 @@
 pub mod api;
 pub mod boot;
 pub mod config;
+pub mod ctl;
 pub mod memory;
 pub mod service;
 pub mod vm;

@@ -58,6 +58,17 @@ enum Command {
         #[arg(long)]
         api_sock: Option<PathBuf>,
     },
+    /// Query or reshape a running VM through its host API (`run --api-sock`).
+    Ctl {
+        /// The API socket.
+        #[arg(long)]
+        api_sock: PathBuf,
+        /// Print the API's JSON as it is.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        verb: Verb,
+    },
     /// Validate a topology against the classes without booting and print the accounting
     /// table, or every violated rule (exit code 1).
     Check {
@@ -68,6 +79,133 @@ enum Command {
         #[arg(long = "class", value_name = "SPEC")]
         classes: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// The VM: backend, classes, where they sit, what is granted.
+    Vm,
+    /// List a class, partition or group.
+    Ls {
+        /// The path (default /partition/mem).
+        path: Option<String>,
+    },
+    /// A partition's or class's metrics.
+    Stat {
+        /// The path.
+        path: String,
+    },
+    /// Create a partition (host authority).
+    Create {
+        /// The path.
+        path: String,
+        /// Reserved minimum (e.g. 64M).
+        #[arg(long)]
+        min: Option<String>,
+        /// Maximum (e.g. 128M).
+        #[arg(long)]
+        max: Option<String>,
+        /// Mode bits, octal.
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Change a partition's limits; --reclaim allows a max below use.
+    Set {
+        /// The path.
+        path: String,
+        /// New minimum.
+        #[arg(long)]
+        min: Option<String>,
+        /// New maximum.
+        #[arg(long)]
+        max: Option<String>,
+        /// Make a lower max pending until use fits.
+        #[arg(long)]
+        reclaim: bool,
+    },
+    /// Destroy a partition.
+    Destroy {
+        /// The path.
+        path: String,
+    },
+    /// Prometheus metrics.
+    Metrics,
+    /// The balloon's figures; --target sets its target in 4 KiB pages.
+    Balloon {
+        /// New target.
+        #[arg(long)]
+        target: Option<u32>,
+    },
+}
+
+fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<()> {
+    use vmm::ctl::request;
+    let size = |s: &Option<String>| -> anyhow::Result<Option<u64>> {
+        s.as_deref()
+            .map(|t| mempart::topology::parse_size(t).map_err(anyhow::Error::msg))
+            .transpose()
+    };
+    let (method, path, body) = match &verb {
+        Verb::Vm => ("GET", "/vm".to_string(), String::new()),
+        Verb::Ls { path } => (
+            "GET",
+            format!("{}?list", path.as_deref().unwrap_or(mempart::MEM_ROOT)),
+            String::new(),
+        ),
+        Verb::Stat { path } => ("GET", path.clone(), String::new()),
+        Verb::Create {
+            path,
+            min,
+            max,
+            mode,
+        } => {
+            let mode = mode
+                .as_deref()
+                .map(|m| u32::from_str_radix(m, 8))
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--mode {mode:?} is not octal"))?;
+            let body = serde_json::json!({ "min": size(min)?, "max": size(max)?, "mode": mode });
+            ("POST", path.clone(), body.to_string())
+        }
+        Verb::Set {
+            path,
+            min,
+            max,
+            reclaim,
+        } => {
+            let body =
+                serde_json::json!({ "min": size(min)?, "max": size(max)?, "reclaim": reclaim });
+            ("PATCH", path.clone(), body.to_string())
+        }
+        Verb::Destroy { path } => ("DELETE", path.clone(), String::new()),
+        Verb::Metrics => ("GET", "/metrics".to_string(), String::new()),
+        Verb::Balloon { target: Some(t) } => (
+            "PUT",
+            "/balloon".to_string(),
+            serde_json::json!({ "target_pages": t }).to_string(),
+        ),
+        Verb::Balloon { target: None } => ("GET", "/balloon".to_string(), String::new()),
+    };
+    let answer = request(sock, method, &path, &body)?;
+    if json || matches!(verb, Verb::Metrics) {
+        println!("{}", answer.trim_end());
+        return Ok(());
+    }
+    let value: serde_json::Value = serde_json::from_str(&answer)?;
+    match (&verb, &value) {
+        (Verb::Ls { .. }, serde_json::Value::Array(entries)) => {
+            for e in entries {
+                println!("{}/", e["name"].as_str().unwrap_or("?"));
+            }
+        }
+        (_, serde_json::Value::Object(map)) => {
+            for (k, v) in map {
+                println!("{k:<18} {v}");
+            }
+        }
+        _ => println!("{value}"),
+    }
+    Ok(())
 }
 
 fn classes(args: &[String]) -> anyhow::Result<Vec<ClassBacking>> {
@@ -173,6 +311,14 @@ fn check(topology: PathBuf, class_args: &[String]) -> anyhow::Result<ExitCode> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { topology, classes } => check(topology, &classes),
+        Command::Ctl {
+            api_sock,
+            json,
+            verb,
+        } => {
+            ctl(&api_sock, json, verb)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             kernel,
             initrd,

@@ -226,3 +226,66 @@ fn a_class_can_live_in_a_file_and_hugepages_either_work_or_are_named() {
         other => panic!("exit {other:?}: {stderr}"),
     }
 }
+
+#[test]
+fn ctl_queries_and_reshapes_a_running_vm() {
+    if !kvm_available() {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let kernel = guest("wait");
+    let sock = tmp(&format!("ctl-{}.sock", std::process::id()));
+    let mut vm = Command::new(VMM)
+        .args(["run", "--class", "fast=16M", "--api-sock"])
+        .arg(&sock)
+        .arg("--kernel")
+        .arg(&kernel)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mempart-vmm runs");
+    let mut line = String::new();
+    BufReader::new(vm.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the guest speaks");
+    assert_eq!(line, "guest: waiting\n");
+    let s = sock.to_str().expect("utf-8");
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--api-sock", s];
+        all.extend_from_slice(args);
+        vmm(&all)
+    };
+    let out = ctl(&[
+        "create",
+        "/partition/mem/fast/x",
+        "--min",
+        "4M",
+        "--max",
+        "4M",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ctl(&["ls", "/partition/mem/fast"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "sys/\nx/\n");
+    let out = ctl(&["stat", "/partition/mem/fast/x"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kind               \"sandbox\""));
+    let out = ctl(&["metrics"]);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("mempart_class_free_bytes{class=\"fast\"} 12582912"));
+    let out = ctl(&["destroy", "/partition/mem/sysram/sys"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("403") && stderr.contains("EPERM"),
+        "{stderr}"
+    );
+    let out = ctl(&["balloon", "--target", "128"]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = ctl(&["--json", "balloon"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"target_pages\":128"));
+    let _ = vm.kill();
+    let _ = vm.wait();
+}

@@ -1,0 +1,63 @@
+//! `mempart-vmm ctl`: a client of the host API on its unix socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+/// Errors of talking to the API.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The socket cannot be reached or broke.
+    #[error("{path}: {source}")]
+    Socket {
+        /// The socket.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The answer is not HTTP.
+    #[error("{0}: the answer is not HTTP")]
+    NotHttp(String),
+    /// The API refused: its status and message.
+    #[error("{status}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The API's error message.
+        message: String,
+    },
+}
+
+/// Sends one request and returns the body of a 2xx answer.
+pub fn request(sock: &Path, method: &str, path: &str, body: &str) -> Result<String, CtlError> {
+    let io = |source| CtlError::Socket {
+        path: sock.display().to_string(),
+        source,
+    };
+    let mut stream = UnixStream::connect(sock).map_err(io)?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(io)?;
+    let status: u16 = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| CtlError::NotHttp(sock.display().to_string()))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        Err(CtlError::Refused { status, message })
+    }
+}
