@@ -56,7 +56,7 @@ pub fn request(sock: &Path, method: &str, path: &str, body: &str) -> Result<Stri
     } else {
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
             .unwrap_or(body);
         Err(CtlError::Refused { status, message })
     }
