@@ -1,6 +1,6 @@
 //! The host API: HTTP/1.1 with JSON on a unix socket (`curl --unix-socket` works), with
 //! host authority over the partition name space, metrics in JSON and Prometheus text,
-//! VM information and the balloon.
+//! VM information and the balloon. `vmm/api/openapi.yaml` describes it.
 //!
 //! | method and path | does |
 //! | --- | --- |

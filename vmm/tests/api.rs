@@ -189,3 +189,29 @@ fn every_endpoint_and_malformed_requests() {
         VmExit::Reset
     );
 }
+
+/// The OpenAPI document describes every endpoint the API serves.
+#[test]
+fn the_openapi_document_names_every_endpoint() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("api/openapi.yaml"))
+            .expect("vmm/api/openapi.yaml");
+    for (path, methods) in [
+        ("/vm:", &["get:"][..]),
+        ("/metrics:", &["get:"][..]),
+        ("/balloon:", &["get:", "put:"][..]),
+        (
+            "/partition/mem/{path}:",
+            &["get:", "post:", "patch:", "delete:"][..],
+        ),
+    ] {
+        let at = doc
+            .find(&format!("  {path}"))
+            .unwrap_or_else(|| panic!("{path} missing"));
+        let section = &doc[at..];
+        let end = section[1..].find("\n  /").map_or(section.len(), |i| i + 1);
+        for method in methods {
+            assert!(section[..end].contains(method), "{path} lacks {method}");
+        }
+    }
+}
