@@ -5,6 +5,7 @@
 //! | method and path | does |
 //! | --- | --- |
 //! | `GET /vm` | backend, classes and their guest-physical placement |
+//! | `GET /config` | the configuration the VM runs with |
 //! | `GET /metrics` | Prometheus text: per class and per partition |
 //! | `GET /partition/mem/...` | a partition's or class's metrics; `?list` lists instead |
 //! | `POST /partition/mem/...` | create, body `{"min": N, "max": N, "mode": N}` (all optional) |
@@ -69,7 +70,8 @@ struct BalloonBody {
 }
 
 /// Serves the API on `path` (replacing a stale socket) on its own thread.
-pub fn serve(path: &Path, vm: VmHandle) -> std::io::Result<JoinHandle<()>> {
+/// `config` is what `GET /config` reports.
+pub fn serve(path: &Path, vm: VmHandle, config: Value) -> std::io::Result<JoinHandle<()>> {
     let _ = std::fs::remove_file(path);
     let server = Server::http_unix(path)
         .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
@@ -77,14 +79,14 @@ pub fn serve(path: &Path, vm: VmHandle) -> std::io::Result<JoinHandle<()>> {
         .name("api".into())
         .spawn(move || {
             for request in server.incoming_requests() {
-                answer(request, &vm);
+                answer(request, &vm, &config);
             }
         })
 }
 
-fn answer(mut request: Request, vm: &VmHandle) {
-    let result =
-        body(&mut request).and_then(|body| route(request.method(), request.url(), &body, vm));
+fn answer(mut request: Request, vm: &VmHandle, config: &Value) {
+    let result = body(&mut request)
+        .and_then(|body| route(request.method(), request.url(), &body, vm, config));
     let (status, payload, content_type) = match result {
         Ok((payload, ct)) => (200, payload, ct),
         Err(ApiError(status, message)) => (
@@ -133,11 +135,12 @@ fn json_answer(value: Value) -> Answer {
     Ok((value.to_string(), "application/json"))
 }
 
-fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle) -> Answer {
+fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value) -> Answer {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let host = Credential::Host;
     match (method, path) {
         (Method::Get, "/vm") => json_answer(vm.info()),
+        (Method::Get, "/config") => json_answer(config.clone()),
         (Method::Get, "/metrics") => Ok((vm.with_engine(prometheus), "text/plain; version=0.0.4")),
         (Method::Get, "/balloon") => {
             let s = vm.balloon().status();

@@ -24,40 +24,7 @@ struct Cli {
 enum Command {
     /// Boot a guest kernel. Exit codes: 0 the guest shut down (an i8042 reset, as
     /// `reboot=k` does), 1 the VMM failed, 2 bad arguments, 3 the guest crashed.
-    Run {
-        /// ELF vmlinux, bare 64-bit ELF guest, or bzImage.
-        #[arg(long)]
-        kernel: PathBuf,
-        /// Initial ramdisk (uncompressed is fastest on kvm_pvm hosts).
-        #[arg(long)]
-        initrd: Option<PathBuf>,
-        /// Kernel command line.
-        #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
-        cmdline: String,
-        /// Number of vCPUs.
-        #[arg(long, default_value_t = 1)]
-        cpus: u32,
-        /// A memory class: NAME=SIZE[,hugepages][,file=PATH][,prefault]. `sysram` is the
-        /// guest's RAM (256M when not given); every other class is typed memory placed
-        /// above 4 GiB, reserved in the e820 map and visible only where granted.
-        #[arg(long = "class", value_name = "SPEC")]
-        classes: Vec<String>,
-        /// Start-up partition topology (TOML).
-        #[arg(long)]
-        topology: Option<PathBuf>,
-        /// Serial console: stdio, none or file:PATH.
-        #[arg(long, default_value = "stdio")]
-        serial: String,
-        /// The KVM device.
-        #[arg(long, default_value = "/dev/kvm")]
-        kvm: PathBuf,
-        /// When the guest stops, print the partition table as the VMM holds it.
-        #[arg(long)]
-        report: bool,
-        /// Serve the host API (HTTP/1.1, JSON) on this unix socket.
-        #[arg(long)]
-        api_sock: Option<PathBuf>,
-    },
+    Run(RunArgs),
     /// Query or reshape a running VM through its host API (`run --api-sock`).
     Ctl {
         /// The API socket.
@@ -81,8 +48,132 @@ enum Command {
     },
 }
 
+/// What `run` takes, from the command line; each also has a key in `--config`.
+#[derive(clap::Args, Default)]
+struct RunArgs {
+    /// A TOML file with any of the options below (as `kernel = "..."`, `cpus = 2`,
+    /// `classes = ["fast=256M"]`, …); options given on the command line win.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// ELF vmlinux, bare 64-bit ELF guest, or bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (uncompressed is fastest on kvm_pvm hosts).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: console=ttyS0 reboot=k panic=-1].
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// A memory class: NAME=SIZE[,hugepages][,file=PATH][,prefault]. `sysram` is the
+    /// guest's RAM (256M when not given); every other class is typed memory placed
+    /// above 4 GiB, reserved in the e820 map and visible only where granted.
+    #[arg(long = "class", value_name = "SPEC")]
+    classes: Vec<String>,
+    /// Start-up partition topology (TOML).
+    #[arg(long)]
+    topology: Option<PathBuf>,
+    /// Serial console: stdio, none or file:PATH [default: stdio].
+    #[arg(long)]
+    serial: Option<String>,
+    /// The KVM device [default: /dev/kvm].
+    #[arg(long)]
+    kvm: Option<PathBuf>,
+    /// When the guest stops, print the partition table as the VMM holds it.
+    #[arg(long)]
+    report: bool,
+    /// Serve the host API (HTTP/1.1, JSON) on this unix socket.
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+}
+
+/// The `--config` file: the same options as the command line.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RunFile {
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    cmdline: Option<String>,
+    cpus: Option<u32>,
+    #[serde(default)]
+    classes: Vec<String>,
+    topology: Option<PathBuf>,
+    serial: Option<String>,
+    kvm: Option<PathBuf>,
+    #[serde(default)]
+    report: bool,
+    api_sock: Option<PathBuf>,
+}
+
+/// The configuration in force: the command line over the file over the defaults.
+#[derive(serde::Serialize)]
+struct Effective {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    cmdline: String,
+    cpus: u32,
+    classes: Vec<String>,
+    topology: Option<PathBuf>,
+    serial: String,
+    kvm: PathBuf,
+    report: bool,
+    api_sock: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn effective(self) -> anyhow::Result<Effective> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("--config {}", path.display()))?;
+                toml::from_str::<RunFile>(&text).map_err(|e| {
+                    let line = e.span().map_or(0, |s| {
+                        text.get(..s.start)
+                            .map_or(0, |t| t.matches('\n').count() + 1)
+                    });
+                    anyhow::anyhow!("--config {} line {line}: {}", path.display(), e.message())
+                })?
+            }
+            None => RunFile::default(),
+        };
+        let kernel = self
+            .kernel
+            .or(file.kernel)
+            .ok_or_else(|| anyhow::anyhow!("no kernel: give --kernel or `kernel` in --config"))?;
+        Ok(Effective {
+            kernel,
+            initrd: self.initrd.or(file.initrd),
+            cmdline: self
+                .cmdline
+                .or(file.cmdline)
+                .unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1".into()),
+            cpus: self.cpus.or(file.cpus).unwrap_or(1),
+            classes: if self.classes.is_empty() {
+                file.classes
+            } else {
+                self.classes
+            },
+            topology: self.topology.or(file.topology),
+            serial: self
+                .serial
+                .or(file.serial)
+                .unwrap_or_else(|| "stdio".into()),
+            kvm: self
+                .kvm
+                .or(file.kvm)
+                .unwrap_or_else(|| PathBuf::from("/dev/kvm")),
+            report: self.report || file.report,
+            api_sock: self.api_sock.or(file.api_sock),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Verb {
+    /// The configuration the VM runs with.
+    Config,
     /// The VM: backend, classes, where they sit, what is granted.
     Vm,
     /// List a class, partition or group.
@@ -147,6 +238,7 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<()> {
     };
     let (method, path, body) = match &verb {
         Verb::Vm => ("GET", "/vm".to_string(), String::new()),
+        Verb::Config => ("GET", "/config".to_string(), String::new()),
         Verb::Ls { path } => (
             "GET",
             format!("{}?list", path.as_deref().unwrap_or(mempart::MEM_ROOT)),
@@ -319,34 +411,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ctl(&api_sock, json, verb)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run {
-            kernel,
-            initrd,
-            cmdline,
-            cpus,
-            classes: class_args,
-            topology,
-            serial,
-            kvm,
-            report,
-            api_sock,
-        } => {
+        Command::Run(args) => {
+            let run = args.effective()?;
             let config = VmConfig {
-                kernel,
-                initrd,
-                cmdline,
-                cpus,
-                classes: classes(&class_args)?,
-                topology,
-                serial: parse_serial(&serial)?,
-                kvm_device: kvm,
+                kernel: run.kernel.clone(),
+                initrd: run.initrd.clone(),
+                cmdline: run.cmdline.clone(),
+                cpus: run.cpus,
+                classes: classes(&run.classes)?,
+                topology: run.topology.clone(),
+                serial: parse_serial(&run.serial)?,
+                kvm_device: run.kvm.clone(),
                 agent_end: vmm::config::AgentEnd::Service,
             };
+            let (report, api_sock) = (run.report, run.api_sock.clone());
+            let effective = serde_json::to_value(&run)?;
             let started = std::time::Instant::now();
             let vm = Vm::new(config)?;
             let handle = vm.handle();
             if let Some(path) = &api_sock {
-                vmm::api::serve(path, handle.clone())
+                vmm::api::serve(path, handle.clone(), effective)
                     .with_context(|| format!("--api-sock {}", path.display()))?;
             }
             let exit = vm.run()?;

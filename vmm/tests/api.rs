@@ -62,7 +62,7 @@ fn every_endpoint_and_malformed_requests() {
     let handle = vm.handle();
     let sock =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("api-{}.sock", std::process::id()));
-    vmm::api::serve(&sock, handle.clone()).expect("api");
+    vmm::api::serve(&sock, handle.clone(), serde_json::json!({ "cpus": 1 })).expect("api");
     let running = std::thread::spawn(move || vm.run());
     assert_eq!(next_line(&rx), "guest: waiting");
 
@@ -71,6 +71,10 @@ fn every_endpoint_and_malformed_requests() {
     let vm_info: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(vm_info["classes"][0]["name"], "fast");
     assert_eq!(vm_info["classes"][0]["base"], 4u64 << 30);
+    assert_eq!(
+        http(&sock, "GET", "/config", ""),
+        (200, r#"{"cpus":1}"#.to_string())
+    );
 
     assert_eq!(
         http(
@@ -198,6 +202,7 @@ fn the_openapi_document_names_every_endpoint() {
             .expect("vmm/api/openapi.yaml");
     for (path, methods) in [
         ("/vm:", &["get:"][..]),
+        ("/config:", &["get:"][..]),
         ("/metrics:", &["get:"][..]),
         ("/balloon:", &["get:", "put:"][..]),
         (

@@ -235,9 +235,18 @@ fn ctl_queries_and_reshapes_a_running_vm() {
     use std::io::{BufRead, BufReader};
     let kernel = guest("wait");
     let sock = tmp(&format!("ctl-{}.sock", std::process::id()));
+    let config = tmp(&format!("ctl-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "classes = [\"fast=16M\"]\ncpus = 1\napi_sock = {:?}\n",
+            sock.display().to_string()
+        ),
+    )
+    .expect("config");
     let mut vm = Command::new(VMM)
-        .args(["run", "--class", "fast=16M", "--api-sock"])
-        .arg(&sock)
+        .args(["run", "--config"])
+        .arg(&config)
         .arg("--kernel")
         .arg(&kernel)
         .stdout(std::process::Stdio::piped())
@@ -282,10 +291,28 @@ fn ctl_queries_and_reshapes_a_running_vm() {
         stderr.contains("403") && stderr.contains("EPERM"),
         "{stderr}"
     );
+    let out = ctl(&["--json", "config"]);
+    let effective: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(effective["classes"], serde_json::json!(["fast=16M"]));
+    assert_eq!(effective["kernel"], kernel.to_str().expect("utf-8"));
+    assert_eq!(effective["cmdline"], "console=ttyS0 reboot=k panic=-1");
     let out = ctl(&["balloon", "--target", "128"]);
     assert_eq!(out.status.code(), Some(0));
     let out = ctl(&["--json", "balloon"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"target_pages\":128"));
     let _ = vm.kill();
     let _ = vm.wait();
+}
+
+#[test]
+fn a_bad_config_file_is_named() {
+    let config = tmp("bad-config.toml");
+    std::fs::write(&config, "kernel = \"/x\"\ncolour = \"blue\"\n").expect("write");
+    let c = config.to_str().expect("utf-8");
+    fails_naming(&["run", "--config", c], c);
+    fails_naming(
+        &["run", "--config", "/nonexistent/run.toml"],
+        "/nonexistent/run.toml",
+    );
+    fails_naming(&["run"], "no kernel");
 }
