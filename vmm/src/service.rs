@@ -108,8 +108,17 @@ impl PartitionService {
             let ClientFrame::Request { id, caller, op } = frame else {
                 break ProtocolError::Decode("a second hello".into());
             };
+            let reads_only = matches!(
+                op,
+                Op::List { .. }
+                    | Op::Metrics { .. }
+                    | Op::ClassMetrics { .. }
+                    | Op::ProcessView { .. }
+            );
             let result = self.handle(&caller, op, authority, &subs);
-            self.changed();
+            if !reads_only {
+                self.changed();
+            }
             if let Err(e) = write_frame(&mut *lock(&writer), &ServerFrame::Response { id, result })
             {
                 break e;

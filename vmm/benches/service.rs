@@ -1,0 +1,107 @@
+//! The partition service's request round trip over a unix socket: latency of one client,
+//! and throughput with 1 and 16 concurrent clients.
+
+// A benchmark whose set-up fails has nothing to measure: it stops with the reason.
+#![allow(clippy::expect_used)]
+
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_main, Criterion};
+use mempart::{ClassSpec, Credential, Engine};
+use protocol::{Client, Op};
+use vmm::service::{Authority, PartitionService};
+
+fn service() -> PartitionService {
+    let engine = Engine::new(&[ClassSpec::new("sysram", 1 << 30)]).expect("engine");
+    PartitionService::new(Arc::new(Mutex::new(engine)))
+}
+
+fn client(service: &PartitionService) -> Client<UnixStream> {
+    let (ours, theirs) = UnixStream::pair().expect("socket pair");
+    let service = service.clone();
+    std::thread::spawn(move || {
+        let reader = theirs.try_clone().expect("clone");
+        service.serve(reader, theirs, Authority::Guest)
+    });
+    Client::connect(ours).expect("handshake")
+}
+
+fn metrics_op() -> Op {
+    Op::Metrics {
+        path: "/partition/mem/sysram/sys".into(),
+    }
+}
+
+/// The floor: 64 bytes echoed by a thread over a unix socket pair, no protocol.
+fn socket_echo(c: &mut Criterion) {
+    use std::io::{Read, Write};
+    let (mut ours, mut theirs) = UnixStream::pair().expect("socket pair");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while theirs.read_exact(&mut buf).is_ok() {
+            if theirs.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = [0u8; 64];
+    c.bench_function("baseline: 64-byte socket echo", |b| {
+        b.iter(|| {
+            ours.write_all(&buf).expect("write");
+            ours.read_exact(&mut buf).expect("read");
+        })
+    });
+}
+
+fn round_trip(c: &mut Criterion) {
+    let service = service();
+    let mut one = client(&service);
+    let me = Credential::guest(0, 0);
+    c.bench_function("round trip (metrics of sys)", |b| {
+        b.iter(|| one.call(&me, metrics_op()).expect("io").expect("reply"))
+    });
+}
+
+/// Requests per second with `clients` clients each calling in a loop for `span`.
+fn throughput(clients: usize, span: Duration) -> f64 {
+    let service = service();
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let mut c = client(&service);
+            std::thread::spawn(move || {
+                let me = Credential::guest(0, 0);
+                let end = Instant::now() + span;
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    c.call(&me, metrics_op()).expect("io").expect("reply");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = threads.into_iter().map(|t| t.join().expect("client")).sum();
+    total as f64 / span.as_secs_f64()
+}
+
+fn concurrency(_: &mut Criterion) {
+    for clients in [1, 16] {
+        let rate = throughput(clients, Duration::from_secs(2));
+        println!("requests/s with {clients:>2} clients: {rate:.0}");
+    }
+}
+
+/// Criterion's macros generate the undocumented entry points.
+#[allow(missing_docs)]
+mod entry {
+    criterion::criterion_group!(
+        benches,
+        super::socket_echo,
+        super::round_trip,
+        super::concurrency
+    );
+}
+
+criterion_main!(entry::benches);
