@@ -399,3 +399,38 @@ fn sysram_partitions_are_mirrored_as_cgroups_before_the_caller_hears_back() {
     rig.ok(0, &["destroy", "/partition/mem/sysram/apps/web"]);
     assert!(!rig.dir.join("cgroup/mempart/apps/web").exists());
 }
+
+#[test]
+fn mpctl_follows_events_in_order_through_the_agent() {
+    let rig = Rig::new("events");
+    rig.ok(0, &["create", "/partition/mem/sysram/apps"]);
+    let mut follower = Command::new(binary("mpctl"))
+        .env("MPCTL_SOCKET", rig.dir.join("agent.sock"))
+        .args([
+            "events",
+            "/partition/mem/sysram/apps",
+            "--follow",
+            "--count",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mpctl events");
+    let mut out = BufReader::new(follower.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("subscribed");
+    assert!(line.starts_with("subscribed"), "{line}");
+    rig.ok(0, &["create", "/partition/mem/sysram/apps/a"]);
+    rig.ok(0, &["set", "/partition/mem/sysram/apps", "--max", "64M"]);
+    rig.ok(0, &["destroy", "/partition/mem/sysram/apps/a"]);
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        let mut l = String::new();
+        out.read_line(&mut l).expect("an event");
+        rest.push(l.trim_end().to_string());
+    }
+    assert!(follower.wait().expect("mpctl ends").success());
+    assert!(rest[0].starts_with("1 ChildCreated"), "{rest:?}");
+    assert_eq!(rest[1], "2 ConfigChanged");
+    assert!(rest[2].starts_with("3 ChildDestroyed"), "{rest:?}");
+}
