@@ -284,8 +284,13 @@ pub enum Reply {
     Associations(Vec<Association>),
     /// A new subscription.
     Subscribed(SubId),
-    /// A grant.
-    Granted(Grant),
+    /// A grant, and for a typed class the guest-physical base of the extent that backs it.
+    Granted {
+        /// What the engine charged.
+        grant: Grant,
+        /// Where the memory is, for classes other than sysram.
+        gpa: Option<u64>,
+    },
 }
 
 /// A refusal: the errno, its name and the engine's message naming the path.

@@ -98,6 +98,14 @@ pub enum MemoryError {
         /// Offset in the class.
         offset: u64,
     },
+    /// No free extent of that size is left in the class.
+    #[error("class {class}: no free extent of {len} bytes")]
+    Full {
+        /// The class.
+        class: String,
+        /// The size asked for.
+        len: u64,
+    },
     /// KVM has no memory slot left.
     #[error("no KVM memory slot is left (KVM offers {0})")]
     NoSlot(usize),
@@ -283,6 +291,21 @@ impl Sysram {
         Ok(slot)
     }
 
+    /// Host bytes actually backed in `[gpa, gpa+len)` (0 if the range is not in sysram).
+    pub fn resident_range(&self, gpa: u64, len: u64) -> u64 {
+        use vm_memory::GuestMemoryRegion;
+        let Some(region) = self.memory.find_region(GuestAddress(gpa)) else {
+            return 0;
+        };
+        let offset = gpa - region.start_addr().0;
+        if offset % PAGE != 0 || offset.checked_add(len).is_none_or(|end| end > region.len()) {
+            return 0;
+        }
+        // SAFETY: `offset..offset+len` was checked to lie inside the region's mapping.
+        let addr = unsafe { region.as_ptr().add(offset as usize) };
+        resident_bytes(addr, len)
+    }
+
     /// Host bytes of sysram actually backed.
     pub fn resident(&self) -> u64 {
         use vm_memory::GuestMemoryRegion;
@@ -444,6 +467,21 @@ impl ClassRegion {
             });
         }
         Ok(extent.slot)
+    }
+
+    /// The lowest offset with `len` free bytes (page aligned), if any.
+    pub fn find_free(&self, len: u64) -> Option<u64> {
+        if len == 0 || len % PAGE != 0 {
+            return None;
+        }
+        let mut candidate = 0u64;
+        for (offset, extent) in &self.grants {
+            if candidate.checked_add(len)? <= *offset {
+                return Some(candidate);
+            }
+            candidate = candidate.max(offset + extent.len);
+        }
+        (candidate.checked_add(len)? <= self.size).then_some(candidate)
     }
 
     /// Granted extents as `(offset, len)`.

@@ -15,6 +15,22 @@ use protocol::{
 /// Most subscriptions one connection may hold.
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
 
+/// The VMM's typed memory, as the service asks for it: extents of class memory made
+/// accessible to the guest for an allocation, and taken back when it is freed.
+pub trait TypedMemory: Send + Sync {
+    /// Grants `bytes` of `class`; returns the extent's guest-physical base.
+    fn grant(&self, class: &str, bytes: u64) -> Result<u64, String>;
+    /// Takes back the extent granted at `gpa`.
+    fn revoke(&self, class: &str, gpa: u64) -> Result<(), String>;
+}
+
+/// One extent backing an allocation.
+struct Extent {
+    class: String,
+    grant: mempart::Grant,
+    gpa: u64,
+}
+
 /// Whose stream a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Authority {
@@ -40,6 +56,8 @@ struct Changes {
 pub struct PartitionService {
     engine: Arc<Mutex<Engine>>,
     changes: Arc<Changes>,
+    typed: Arc<std::sync::OnceLock<Arc<dyn TypedMemory>>>,
+    extents: Arc<Mutex<std::collections::HashMap<mempart::Pid, Vec<Extent>>>>,
 }
 
 impl PartitionService {
@@ -48,6 +66,23 @@ impl PartitionService {
         PartitionService {
             engine,
             changes: Arc::new(Changes::default()),
+            typed: Arc::default(),
+            extents: Arc::default(),
+        }
+    }
+
+    /// Backs allocations of classes other than sysram with extents of `typed` (once).
+    pub fn set_typed_memory(&self, typed: Arc<dyn TypedMemory>) {
+        let _ = self.typed.set(typed);
+    }
+
+    /// Takes back every extent of `pid`'s allocations (it freed them or exited).
+    fn revoke_all(&self, pid: mempart::Pid) {
+        let gone = lock(&self.extents).remove(&pid).unwrap_or_default();
+        if let Some(typed) = self.typed.get() {
+            for extent in gone {
+                let _ = typed.revoke(&extent.class, extent.gpa);
+            }
         }
     }
 
@@ -246,6 +281,7 @@ impl PartitionService {
             }
             Op::ProcessExit { pid } => {
                 e.process_exit(pid)?;
+                self.revoke_all(pid);
                 Reply::Done
             }
             Op::Associate { pid, path } => {
@@ -303,10 +339,44 @@ impl PartitionService {
                         "no such class",
                     )
                 })?;
-                Reply::Granted(e.allocate(pid, id, bytes)?)
+                let grant = e.allocate(pid, id, bytes)?;
+                let typed = self.typed.get().filter(|_| class != mempart::SYSRAM);
+                let gpa = match typed {
+                    None => None,
+                    Some(typed) => match typed.grant(&class, bytes) {
+                        Ok(gpa) => {
+                            let extent = Extent {
+                                class: class.clone(),
+                                grant,
+                                gpa,
+                            };
+                            lock(&self.extents).entry(pid).or_default().push(extent);
+                            Some(gpa)
+                        }
+                        Err(why) => {
+                            e.free(pid, grant)?;
+                            return Err(mempart::Error::new(
+                                Errno::Enomem,
+                                format!("{}/{class}", mempart::MEM_ROOT),
+                                format!("no extent of {bytes} bytes: {why}"),
+                            )
+                            .into());
+                        }
+                    },
+                };
+                Reply::Granted { grant, gpa }
             }
             Op::Free { pid, grant } => {
                 e.free(pid, grant)?;
+                let extent = {
+                    let mut extents = lock(&self.extents);
+                    let mine = extents.entry(pid).or_default();
+                    let at = mine.iter().position(|x| x.grant == grant);
+                    at.map(|i| mine.swap_remove(i))
+                };
+                if let (Some(extent), Some(typed)) = (extent, self.typed.get()) {
+                    let _ = typed.revoke(&extent.class, extent.gpa);
+                }
                 Reply::Done
             }
         };

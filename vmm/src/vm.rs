@@ -425,7 +425,7 @@ impl Vm {
         }
         let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
         let exit_event = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
-        Ok(Vm {
+        let vm = Vm {
             agent_end: config.agent_end,
             notifiers,
             shared: Arc::new(Shared {
@@ -449,7 +449,10 @@ impl Vm {
             }),
             vcpus,
             backend,
-        })
+        };
+        let typed = TypedClasses(Arc::downgrade(&vm.shared));
+        vm.shared.service.set_typed_memory(Arc::new(typed));
+        Ok(vm)
     }
 
     /// A handle that stays usable while [`Vm::run`] runs.
@@ -540,6 +543,26 @@ impl Vm {
             let _ = thread.join();
         }
         Ok(exit)
+    }
+}
+
+/// Typed memory for the service: extents of the VM's classes (held weakly: the service
+/// lives inside the VM).
+struct TypedClasses(std::sync::Weak<Shared>);
+
+impl crate::service::TypedMemory for TypedClasses {
+    fn grant(&self, class: &str, bytes: u64) -> Result<u64, String> {
+        let shared = self.0.upgrade().ok_or("the VM is gone")?;
+        VmHandle { shared }
+            .grant_any(class, bytes)
+            .map_err(|e| e.to_string())
+    }
+
+    fn revoke(&self, class: &str, gpa: u64) -> Result<(), String> {
+        let shared = self.0.upgrade().ok_or("the VM is gone")?;
+        let handle = VmHandle { shared };
+        let base = handle.class_base(class).ok_or("no such class")?;
+        handle.revoke(class, gpa - base).map_err(|e| e.to_string())
     }
 }
 
@@ -778,6 +801,28 @@ impl VmHandle {
         Ok(slots.0 - 1)
     }
 
+    /// The partition service that answers on the agent channel (and can be served on
+    /// other streams too).
+    pub fn service(&self) -> PartitionService {
+        self.shared.service.clone()
+    }
+
+    /// Grants the first free extent of `len` bytes of `class`; returns its guest-physical base.
+    pub fn grant_any(&self, class: &str, len: u64) -> Result<u64, VmError> {
+        let offset = lock(&self.shared.classes)
+            .iter()
+            .find(|c| c.name == class)
+            .ok_or_else(|| VmError::NoClass(class.to_string()))?
+            .find_free(len)
+            .ok_or_else(|| {
+                VmError::Memory(MemoryError::Full {
+                    class: class.to_string(),
+                    len,
+                })
+            })?;
+        self.grant(class, offset, len)
+    }
+
     /// Makes `[offset, offset+len)` of class `class` accessible to the guest.
     pub fn grant(&self, class: &str, offset: u64, len: u64) -> Result<u64, VmError> {
         let slot = self.take_slot()?;
@@ -824,6 +869,11 @@ impl VmHandle {
             .iter()
             .find(|c| c.name == class)
             .map(ClassRegion::resident)
+    }
+
+    /// Host bytes backing sysram's `[gpa, gpa+len)`.
+    pub fn sysram_resident(&self, gpa: u64, len: u64) -> u64 {
+        self.shared.sysram.resident_range(gpa, len)
     }
 
     /// Reads class bytes through the host's own mapping.

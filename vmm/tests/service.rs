@@ -139,7 +139,8 @@ fn processes_allocations_and_frees_go_through_the_service() {
         class: "fast".into(),
         bytes,
     };
-    let Ok(Reply::Granted(grant)) = host.call(&root, alloc(3 * MIB)).expect("io") else {
+    let Ok(Reply::Granted { grant, gpa: None }) = host.call(&root, alloc(3 * MIB)).expect("io")
+    else {
         panic!("no grant");
     };
     assert_eq!(

@@ -404,13 +404,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Alloc { class, size: s } => {
             let bytes = size(&s).map_err(Failure::Usage)?;
-            if let Reply::Granted(Grant { bytes, .. }) = call(Op::Allocate {
+            if let Reply::Granted {
+                grant: Grant { bytes, .. },
+                gpa,
+            } = call(Op::Allocate {
                 pid: std::process::id(),
                 class,
                 bytes,
             })? {
                 if json {
-                    emit(serde_json::json!({ "granted": bytes }));
+                    emit(serde_json::json!({ "granted": bytes, "gpa": gpa }));
+                } else if let Some(gpa) = gpa {
+                    println!("granted {} at guest-physical 0x{gpa:x}", human(bytes));
                 } else {
                     println!("granted {}", human(bytes));
                 }
