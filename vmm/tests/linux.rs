@@ -238,7 +238,8 @@ fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
     assert!(job.contains(&"processes    1".to_string()), "{job:?}");
     assert_eq!(
         after("run --part /partition/mem/fast/sandbox -- /bin/mpctl alloc fast 8M"),
-        vec!["granted 8M"]
+        vec!["granted 8M at guest-physical 0x100000000"],
+        "a typed allocation is backed by an extent at the start of the class"
     );
     assert!(after("stat /partition/mem/fast/sandbox").contains(&"type         Sandbox".to_string()));
     let job = handle.with_engine(|e| {
