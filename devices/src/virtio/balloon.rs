@@ -30,6 +30,9 @@ pub const BALLOON_PAGE: u64 = 4096;
 pub const QUEUE_SIZE: u16 = 256;
 /// Number of statistics tags the device keeps (the spec defines tags 0..=15).
 pub const STAT_TAGS: usize = 16;
+/// Longest descriptor of page numbers or statistics the device reads (Linux sends at
+/// most 256 page numbers, 1 KiB, per buffer); longer ones are refused unread.
+pub const MAX_ENTRIES_BYTES: u32 = 64 * 1024;
 
 /// What a queue is for, by the order the spec gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +212,7 @@ fn page_numbers(
     status: &mut BalloonStatus,
 ) {
     for desc in chain {
-        if desc.is_write_only() || desc.len() % 4 != 0 {
+        if desc.is_write_only() || desc.len() % 4 != 0 || desc.len() > MAX_ENTRIES_BYTES {
             status.rejected += 1;
             continue;
         }
@@ -267,7 +270,7 @@ fn read_stats(
     status: &mut BalloonStatus,
 ) {
     for desc in chain {
-        if desc.is_write_only() || desc.len() % 10 != 0 {
+        if desc.is_write_only() || desc.len() % 10 != 0 || desc.len() > MAX_ENTRIES_BYTES {
             status.rejected += 1;
             continue;
         }
@@ -505,6 +508,7 @@ mod tests {
                     desc(DATA, 4, VRING_DESC_F_NEXT),
                     desc(DATA, 4, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT),
                     desc(DATA, 3, VRING_DESC_F_NEXT),
+                    desc(DATA, MAX_ENTRIES_BYTES + 4, VRING_DESC_F_NEXT),
                     desc(MEM + 0x1000, 8, 0),
                 ]),
                 0,
@@ -512,7 +516,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e:?}"));
         r.balloon.queue_notified(0);
         let s = r.handle.status();
-        assert_eq!((s.inflated_pages, s.rejected), (0, 4));
+        assert_eq!((s.inflated_pages, s.rejected), (0, 5));
     }
 
     #[test]
