@@ -120,7 +120,6 @@ fn every_operation_by_every_caller_under_every_policy() {
         Op::Associate,
         Op::ResetHighest,
     ];
-    let mut checked = 0;
     for pol in [Pol::None, Pol::Terminal, Pol::ConfigLock, Pol::Permanent] {
         for op in ops {
             for (who, cred) in callers().iter().enumerate() {
@@ -132,11 +131,9 @@ fn every_operation_by_every_caller_under_every_policy() {
                 if got.is_some() && op != Op::Associate {
                     assert_eq!(e, before, "{op:?} by {cred:?} under {pol:?} changed state");
                 }
-                checked += 1;
             }
         }
     }
-    assert_eq!(checked, 11 * 5 * 4);
 }
 
 #[test]

@@ -1,42 +1,13 @@
 /* A minimal virtio-mmio balloon driver: probe, negotiate VERSION_1 only, set up the
  * inflate and deflate queues, read the target, inflate that many touched pages, then
  * deflate them and check they are usable again. The host steps it through MAILBOX. */
-#include "guest.h"
-
 #define MMIO 0xd0000000UL
-#define QSIZE 16
+#include "virtio.h"
+
 #define INFLATE_Q 0x800000UL
 #define DEFLATE_Q 0x810000UL
 #define PFNS 0x820000UL
 #define PAGES 0x1000000UL
-
-struct desc { u64 addr; u32 len; u16 flags; u16 next; };
-struct avail { u16 flags; u16 idx; u16 ring[QSIZE]; };
-struct used { u16 flags; u16 idx; struct { u32 id; u32 len; } ring[QSIZE]; };
-
-static volatile u32 *reg(u64 offset) { return (volatile u32 *)(MMIO + offset); }
-static void barrier(void) { __asm__ volatile("mfence" : : : "memory"); }
-
-static void fail(const char *why) {
-    puts("guest: fail ");
-    puts(why);
-    puts("\n");
-    reset();
-}
-
-static void set_up_queue(u32 index, u64 base) {
-    for (u64 i = 0; i < 0x2000; i += 8) *word(base + i) = 0;
-    *reg(0x30) = index;
-    if (*reg(0x34) < QSIZE) fail("queue too small");
-    *reg(0x38) = QSIZE;
-    *reg(0x80) = (u32)base;
-    *reg(0x84) = 0;
-    *reg(0x90) = (u32)(base + 0x100);
-    *reg(0x94) = 0;
-    *reg(0xa0) = (u32)(base + 0x1000);
-    *reg(0xa4) = 0;
-    *reg(0x44) = 1;
-}
 
 /* Offers one buffer of `count` page numbers on queue `index` and waits until it is used. */
 static void send_pfns(u32 index, u64 base, u32 count) {

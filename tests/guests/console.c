@@ -1,29 +1,15 @@
 /* A minimal multiport virtio-console driver: the control handshake, the agent port's
  * name, a ping sent to the host and the host's reply received. */
-#include "guest.h"
-
 #define MMIO 0xd0001000UL
-#define QSIZE 16
+#include "virtio.h"
+
 #define QUEUES 0x900000UL
 #define BUFS 0xa00000UL
 
-struct desc { u64 addr; u32 len; u16 flags; u16 next; };
-struct avail { u16 flags; u16 idx; u16 ring[QSIZE]; };
-struct used { u16 flags; u16 idx; struct { u32 id; u32 len; } ring[QSIZE]; };
-
-static volatile u32 *reg(u64 offset) { return (volatile u32 *)(MMIO + offset); }
-static void barrier(void) { __asm__ volatile("mfence" : : : "memory"); }
 static u64 qbase(u32 q) { return QUEUES + 0x4000UL * q; }
 static volatile struct desc *descs(u32 q) { return (volatile struct desc *)qbase(q); }
 static volatile struct avail *avail(u32 q) { return (volatile struct avail *)(qbase(q) + 0x100); }
 static volatile struct used *used(u32 q) { return (volatile struct used *)(qbase(q) + 0x1000); }
-
-static void fail(const char *why) {
-    puts("guest: fail ");
-    puts(why);
-    puts("\n");
-    reset();
-}
 
 /* Offers descriptor `slot` of queue `q` as one buffer and notifies. */
 static void offer(u32 q, u16 slot, u64 addr, u32 len, u16 flags) {
@@ -63,18 +49,7 @@ void __attribute__((section(".text.start"))) _start(u64 cpu, u64 zero_page) {
     *reg(0x20) = 1;
     *reg(0x70) = 11;
     if (!(*reg(0x70) & 8)) fail("features refused");
-    for (u32 q = 0; q < 6; q++) {
-        for (u64 i = 0; i < 0x2000; i += 8) *word(qbase(q) + i) = 0;
-        *reg(0x30) = q;
-        *reg(0x38) = QSIZE;
-        *reg(0x80) = (u32)qbase(q);
-        *reg(0x84) = 0;
-        *reg(0x90) = (u32)(qbase(q) + 0x100);
-        *reg(0x94) = 0;
-        *reg(0xa0) = (u32)(qbase(q) + 0x1000);
-        *reg(0xa4) = 0;
-        *reg(0x44) = 1;
-    }
+    for (u32 q = 0; q < 6; q++) set_up_queue(q, qbase(q));
     *reg(0x70) = 15;
     if (*reg(0x70) & 0x40) fail("device needs reset");
     for (u16 i = 0; i < 8; i++) offer(2, i, BUFS + 0x100UL * i, 64, 2);

@@ -135,22 +135,27 @@ fn a_clean_guest_exits_0_and_a_crashing_one_3() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("guest stopped"));
 }
 
-#[test]
-fn check_prints_the_accounting_or_every_violated_rule() {
-    let good = tmp("good.toml");
-    std::fs::write(
-        &good,
-        "[[partition]]\npath = \"/partition/mem/fast/a\"\nmin = \"32M\"\nmax = \"32M\"\n\
-         [[partition]]\npath = \"/partition/mem/fast/a/b\"\nmax = \"8M\"\n",
-    )
-    .expect("write");
-    let out = vmm(&[
+/// Runs `check` on a topology written to `name`, with one class.
+fn check(name: &str, topology: &str, class: &str) -> Output {
+    let path = tmp(name);
+    std::fs::write(&path, topology).expect("write");
+    vmm(&[
         "check",
         "--topology",
-        good.to_str().expect("utf-8"),
+        path.to_str().expect("utf-8"),
         "--class",
+        class,
+    ])
+}
+
+#[test]
+fn check_prints_the_accounting_or_every_violated_rule() {
+    let out = check(
+        "good.toml",
+        "[[partition]]\npath = \"/partition/mem/fast/a\"\nmin = \"32M\"\nmax = \"32M\"\n\
+         [[partition]]\npath = \"/partition/mem/fast/a/b\"\nmax = \"8M\"\n",
         "fast=128M",
-    ]);
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -173,20 +178,12 @@ fn check_prints_the_accounting_or_every_violated_rule() {
     assert!(a.contains("Sandbox"), "{a}");
     assert!(stdout.contains("/partition/mem/fast/a/b"));
 
-    let bad = tmp("bad.toml");
-    std::fs::write(
-        &bad,
+    let out = check(
+        "bad.toml",
         "[[partition]]\npath = \"/partition/mem/fast/a\"\nmin = \"8M\"\nmax = \"4M\"\n\
          [[partition]]\npath = \"/partition/mem/nope/b\"\n",
-    )
-    .expect("write");
-    let out = vmm(&[
-        "check",
-        "--topology",
-        bad.to_str().expect("utf-8"),
-        "--class",
         "fast=16M",
-    ]);
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr.lines().count(), 2, "{stderr}");

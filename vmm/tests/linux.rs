@@ -71,6 +71,34 @@ fn linux_boots_to_its_console_and_resets_cleanly() {
     );
 }
 
+/// A Linux guest with the test initramfs: `init` mode, classes, topology, agent end.
+fn linux_config(
+    kernel: PathBuf,
+    initrd: PathBuf,
+    init: &str,
+    classes: &[&str],
+    topology: Option<PathBuf>,
+    agent_end: AgentEnd,
+) -> (VmConfig, std::sync::mpsc::Receiver<String>) {
+    let (tx, rx) = channel();
+    let classes = classes
+        .iter()
+        .map(|c| parse_class(c).expect("class"))
+        .collect();
+    let config = VmConfig {
+        kernel,
+        initrd: Some(initrd),
+        cmdline: format!("console=ttyS0 reboot=k panic=-1 mempart.init={init}"),
+        cpus: 1,
+        classes: with_sysram(classes).expect("classes"),
+        topology,
+        serial: SerialOut::Writer(Box::new(Lines::new(tx))),
+        kvm_device: PathBuf::from("/dev/kvm"),
+        agent_end,
+    };
+    (config, rx)
+}
+
 /// Linux binds both virtio drivers: its init finds the agent port by the name read from
 /// /sys/class/virtio-ports/*/name and greets the host over it; the balloon driver
 /// inflates to the host's target and reports it as `actual`.
@@ -86,18 +114,14 @@ fn linux_binds_the_agent_port_and_the_balloon() {
         return;
     }
     const TARGET: u32 = 2048;
-    let (tx, rx) = channel();
-    let config = VmConfig {
+    let (config, rx) = linux_config(
         kernel,
-        initrd: Some(initrd),
-        cmdline: "console=ttyS0 reboot=k panic=-1 mempart.init=greet".into(),
-        cpus: 1,
-        classes: with_sysram(vec![parse_class("sysram=128M").expect("class")]).expect("classes"),
-        topology: None,
-        serial: SerialOut::Writer(Box::new(Lines::new(tx))),
-        kvm_device: PathBuf::from("/dev/kvm"),
-        agent_end: AgentEnd::Raw,
-    };
+        initrd,
+        "greet",
+        &["sysram=128M"],
+        None,
+        AgentEnd::Raw,
+    );
     let started = Instant::now();
     let vm = Vm::new(config).expect("vm");
     let handle = vm.handle();
@@ -172,22 +196,14 @@ fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
          [[partition]]\npath = \"/partition/mem/fast/sandbox\"\nmin = \"16M\"\nmax = \"16M\"\n",
     )
     .expect("topology");
-    let (tx, rx) = channel();
-    let classes = ["sysram=128M", "fast=64M"]
-        .iter()
-        .map(|c| parse_class(c).expect("class"))
-        .collect();
-    let config = VmConfig {
+    let (config, rx) = linux_config(
         kernel,
-        initrd: Some(initrd),
-        cmdline: "console=ttyS0 reboot=k panic=-1 mempart.init=agent".into(),
-        cpus: 1,
-        classes: with_sysram(classes).expect("classes"),
-        topology: Some(topology),
-        serial: SerialOut::Writer(Box::new(Lines::new(tx))),
-        kvm_device: PathBuf::from("/dev/kvm"),
-        agent_end: AgentEnd::Service,
-    };
+        initrd,
+        "agent",
+        &["sysram=128M", "fast=64M"],
+        Some(topology),
+        AgentEnd::Service,
+    );
     let started = Instant::now();
     let vm = Vm::new(config).expect("vm");
     let handle = vm.handle();

@@ -215,6 +215,18 @@ fn events_are_pushed_in_order_with_sequence_numbers() {
     assert!(matches!(got[2], (3, EventKind::ChildCreated { .. })));
 }
 
+/// Shakes hands, sends `raw` bytes, and returns how the server ended the connection.
+fn after_hello(service: &PartitionService, raw: &[u8]) -> ProtocolError {
+    let (mut bad, server) = connect(service, Authority::Guest);
+    let hello = ClientFrame::Hello {
+        magic: MAGIC,
+        version: protocol::VERSION,
+    };
+    write_frame(&mut bad, &hello).expect("write");
+    bad.write_all(raw).expect("write");
+    server.join().expect("server")
+}
+
 #[test]
 fn hostile_peers_end_their_own_connection_only() {
     let service = service();
@@ -232,36 +244,12 @@ fn hostile_peers_end_their_own_connection_only() {
         ProtocolError::Handshake(_)
     ));
 
-    let (mut bad, server) = connect(&service, Authority::Guest);
-    write_frame(
-        &mut bad,
-        &ClientFrame::Hello {
-            magic: MAGIC,
-            version: protocol::VERSION,
-        },
-    )
-    .expect("write");
-    bad.write_all(&u32::MAX.to_le_bytes()).expect("write");
-    let mut welcome = [0u8; 64];
-    let _ = std::io::Read::read(&mut bad, &mut welcome);
     assert!(matches!(
-        server.join().expect("server"),
+        after_hello(&service, &u32::MAX.to_le_bytes()),
         ProtocolError::TooLarge(_)
     ));
-
-    let (mut bad, server) = connect(&service, Authority::Guest);
-    write_frame(
-        &mut bad,
-        &ClientFrame::Hello {
-            magic: MAGIC,
-            version: protocol::VERSION,
-        },
-    )
-    .expect("write");
-    bad.write_all(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff])
-        .expect("write");
     assert!(matches!(
-        server.join().expect("server"),
+        after_hello(&service, &[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]),
         ProtocolError::Decode(_)
     ));
 

@@ -4,7 +4,7 @@
 // Giving guest pages back to the host is an madvise on memory Rust cannot reason about.
 #![allow(unsafe_code)]
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{
@@ -13,7 +13,7 @@ use vm_memory::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    read_config_bytes, ActivateError, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    lock, read_config_bytes, ActivateError, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// The virtio device id of a balloon.
@@ -66,10 +66,6 @@ struct Shared {
     status: BalloonStatus,
     interrupt: Option<Interrupt>,
     stats_wanted: bool,
-}
-
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The VMM's side of a balloon: set the target, read what the guest did.

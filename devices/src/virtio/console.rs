@@ -5,14 +5,14 @@
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    read_config_bytes, ActivateError, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    lock, read_config_bytes, ActivateError, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// The virtio device id of a console.
@@ -55,10 +55,6 @@ struct Channel {
     guest_open: bool,
     rejected: u64,
     closed: bool,
-}
-
-fn lock(c: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
-    c.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The VMM's end of the agent port: a bounded byte stream each way.

@@ -5,7 +5,7 @@ pub mod console;
 pub mod mmio;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -119,6 +119,11 @@ pub trait VirtioDevice: Send {
     }
     /// The backend signalled its eventfd.
     fn backend_ready(&mut self) {}
+}
+
+/// Locks `m`; a panic elsewhere while holding it does not take the device down too.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Copies `config[offset..]` into `data`, zero-filling past the end.
