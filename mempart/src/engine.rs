@@ -225,14 +225,14 @@ impl Engine {
 
     // ----- accounting -------------------------------------------------------------------
 
-    /// Sets a partition's own bytes and minimum, or (with `commit == false`) only checks
+    /// Sets a partition's own bytes and minimum, or (with [`Step::Check`]) only checks
     /// that doing so keeps every invariant. O(depth), no heap allocation unless it fails.
     pub(crate) fn set_own_min(
         &mut self,
         id: PartId,
         new_own: u64,
         new_min: u64,
-        commit: bool,
+        step: Step,
     ) -> Result<()> {
         let Some(p) = self.parts.get_mut(id.0) else {
             return Err(no_partition(id));
@@ -242,13 +242,13 @@ impl Engine {
         let Some(new_used) = new_own.checked_add(p.children_charge) else {
             return Err(self.too_big(id));
         };
-        if new_used > old_used && new_used > p.limit() {
+        if step.checks() && new_used > old_used && new_used > p.limit() {
             let limit = p.limit();
             return Err(self.over_max(id, new_used, limit));
         }
         let delta = Delta::between(old_charge, new_min.max(new_used));
         let (class, parent, old_own) = (p.class, p.parent, p.own);
-        if commit {
+        if step.commits() {
             p.own = new_own;
             p.limits.min = new_min;
             after_used_change(p, &mut self.subs, old_used, new_used);
@@ -267,21 +267,21 @@ impl Engine {
                 }
             }
         }
-        self.propagate(class, parent, delta, commit)
+        self.propagate(class, parent, delta, step)
     }
 
     /// Carries a change of a child's charge up from `parent` to the class, checking
-    /// (and with `commit`, applying) it at every level. Stops where a charge stops changing.
+    /// (and unless [`Step::Check`], applying) it at every level. Stops where a charge stops changing.
     pub(crate) fn propagate(
         &mut self,
         class: ClassId,
         mut parent: Option<PartId>,
         mut delta: Delta,
-        commit: bool,
+        step: Step,
     ) -> Result<()> {
         while delta.amount != 0 {
             let Some(qid) = parent else {
-                return self.charge_class(class, delta, commit);
+                return self.charge_class(class, delta, step);
             };
             let Some(q) = self.parts.get_mut(qid.0) else {
                 return Err(no_partition(qid));
@@ -294,13 +294,13 @@ impl Engine {
             else {
                 return Err(self.too_big(qid));
             };
-            if delta.up && new_used > q.limit() {
+            if step.checks() && delta.up && new_used > q.limit() {
                 let limit = q.limit();
                 return Err(self.over_max(qid, new_used, limit));
             }
             let next = Delta::between(old_charge, q.limits.min.max(new_used));
             parent = q.parent;
-            if commit {
+            if step.commits() {
                 q.children_charge = new_used - q.own;
                 after_used_change(q, &mut self.subs, old_used, new_used);
             }
@@ -310,7 +310,7 @@ impl Engine {
     }
 
     /// The last step of [`Engine::propagate`]: a root's charge change against the class size.
-    fn charge_class(&mut self, class: ClassId, delta: Delta, commit: bool) -> Result<()> {
+    fn charge_class(&mut self, class: ClassId, delta: Delta, step: Step) -> Result<()> {
         let Some(c) = self.classes.get_mut(class.0 as usize) else {
             return Err(Error::new(
                 Errno::Enoent,
@@ -320,7 +320,7 @@ impl Engine {
         };
         let new = delta
             .apply(c.roots_charge)
-            .filter(|n| !delta.up || *n <= c.size);
+            .filter(|n| !step.checks() || !delta.up || *n <= c.size);
         let Some(new) = new else {
             return Err(Error::new(
                 Errno::Enomem,
@@ -332,7 +332,7 @@ impl Engine {
                 ),
             ));
         };
-        if commit {
+        if step.commits() {
             c.roots_charge = new;
         }
         Ok(())
@@ -474,7 +474,7 @@ impl Engine {
                 format!("at most {MAX_PARTITIONS} partitions"),
             ));
         }
-        self.propagate(class, parent_id, Delta::up(limits.min), false)?;
+        self.propagate(class, parent_id, Delta::up(limits.min), Step::Check)?;
         let config = crate::partition::PartitionConfig {
             limits,
             policies: Policies::default(),
@@ -499,7 +499,7 @@ impl Engine {
             pseudo_refs: 0,
             subscribers: Vec::new(),
         }));
-        self.propagate(class, parent_id, Delta::up(limits.min), true)?;
+        self.propagate(class, parent_id, Delta::up(limits.min), Step::Commit)?;
         let kind = EventKind::ChildCreated { child: id };
         match parent_id {
             Some(p) => {
@@ -573,7 +573,7 @@ impl Engine {
             ));
         }
         let (class, parent, name, charge) = (p.class, p.parent, p.name.clone(), p.charge());
-        self.propagate(class, parent, Delta::down(charge), true)?;
+        self.propagate(class, parent, Delta::down(charge), Step::Commit)?;
         if let Some(p) = self.parts.remove(id.0) {
             notify(&p.subscribers, &mut self.subs, EventKind::Destroyed);
         }
@@ -640,9 +640,9 @@ impl Engine {
                 format!("max {} is below use {used}; ask for reclaim", new.max),
             ));
         }
-        self.set_own_min(id, own, new.min, false)
+        self.set_own_min(id, own, new.min, Step::Check)
             .map_err(|e| Error::new(e.errno, path, e.reason))?;
-        self.set_own_min(id, own, new.min, true)?;
+        self.set_own_min(id, own, new.min, Step::Commit)?;
         let p = part_in(&mut self.parts, id)?;
         let outcome = if new.max >= used {
             p.limits.max = new.max;
@@ -657,7 +657,70 @@ impl Engine {
         if (p.limits, p.pending_max) != old {
             notify(&p.subscribers, &mut self.subs, EventKind::ConfigChanged);
         }
+        if let SetOutcome::ReclaimPending { excess } = outcome {
+            let kind = EventKind::Reclaim {
+                max: new.max,
+                excess,
+            };
+            notify(&p.subscribers, &mut self.subs, kind);
+        }
         Ok(outcome)
+    }
+
+    /// Withdraws a pending lower max (a reclaim that ran out of time): the partition keeps
+    /// the max it had. Returns the withdrawn value, `None` when nothing was pending.
+    pub fn withdraw_reclaim(&mut self, cred: &Credential, path: &str) -> Result<Option<u64>> {
+        let id = self.writable_partition(cred, path)?;
+        let p = part_in(&mut self.parts, id)?;
+        let withdrawn = p.pending_max.take();
+        if withdrawn.is_some() {
+            notify(&p.subscribers, &mut self.subs, EventKind::ConfigChanged);
+        }
+        Ok(withdrawn)
+    }
+
+    /// Records the guest's measurement of a partition's own use: for sysram, what the
+    /// guest kernel charged to the partition's cgroup less its children. The guest
+    /// allocated it already, so a figure that breaks a limit is kept as reported and
+    /// raised as an [`EventKind::OverLimit`] event. Only the guest superuser (the agent)
+    /// and the host may report; a figure above the class size is refused (`EINVAL`).
+    pub fn report_usage(&mut self, cred: &Credential, path: &str, own: u64) -> Result<()> {
+        if cred.owner().0 != 0 {
+            return Err(Error::new(
+                Errno::Eperm,
+                path,
+                "only the guest superuser reports use",
+            ));
+        }
+        let id = self.resolve_partition(path)?;
+        let p = self.part(id)?;
+        let (class, min) = (p.class, p.limits.min);
+        let size = self.class(class)?.size;
+        if own > size {
+            return Err(Error::new(
+                Errno::Einval,
+                path,
+                format!("reported use {own} is more than the class holds ({size})"),
+            ));
+        }
+        if self.set_own_min(id, own, min, Step::Check).is_ok() {
+            return self.set_own_min(id, own, min, Step::Commit);
+        }
+        self.set_own_min(id, own, min, Step::Force)?;
+        let mut at = Some(id);
+        while let Some(qid) = at {
+            let q = part_in(&mut self.parts, qid)?;
+            let (used, limit) = (q.used(), q.limit());
+            if used > limit {
+                notify(
+                    &q.subscribers,
+                    &mut self.subs,
+                    EventKind::OverLimit { used, limit },
+                );
+            }
+            at = q.parent;
+        }
+        Ok(())
     }
 
     /// Sets a one-way policy. Setting one that is set is a no-op; under a config lock
@@ -896,6 +959,27 @@ impl Engine {
                 .get_mut(c.0 as usize)
                 .map(|c| &mut c.subscribers),
         }
+    }
+}
+
+/// How far an accounting walk goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Check every invariant, change nothing.
+    Check,
+    /// Apply a change that was checked.
+    Commit,
+    /// Apply a reported figure whatever the limits say (overflow still fails).
+    Force,
+}
+
+impl Step {
+    fn checks(self) -> bool {
+        self != Step::Force
+    }
+
+    fn commits(self) -> bool {
+        self != Step::Check
     }
 }
 

@@ -76,6 +76,20 @@ pub enum EventKind {
     },
     /// The watched partition itself was destroyed; nothing more will arrive.
     Destroyed,
+    /// A lower max is pending: the partition's users are asked to free `excess` bytes.
+    Reclaim {
+        /// The max that applies once use fits.
+        max: u64,
+        /// Bytes above it when the reclaim was asked for.
+        excess: u64,
+    },
+    /// A reported use is above the partition's (pending) max; kept as reported.
+    OverLimit {
+        /// Use as reported.
+        used: u64,
+        /// The limit it breaks.
+        limit: u64,
+    },
     /// The guest touched class memory that was not granted to it.
     Violation {
         /// Guest-physical address of the access.
@@ -165,7 +179,9 @@ impl Subscription {
     pub fn offer(&mut self, kind: EventKind) -> bool {
         let wanted = match kind {
             EventKind::Threshold { .. } | EventKind::Delta { .. } | EventKind::Destroyed => true,
-            EventKind::ConfigChanged => self.filter.config,
+            EventKind::ConfigChanged | EventKind::Reclaim { .. } | EventKind::OverLimit { .. } => {
+                self.filter.config
+            }
             EventKind::ProcessAssociated { .. } | EventKind::ProcessDisassociated { .. } => {
                 self.filter.processes
             }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::class::{ClassId, SYSRAM};
-use crate::engine::{notify, Engine};
+use crate::engine::{notify, Engine, Step};
 use crate::error::{Errno, Error, Result};
 use crate::events::EventKind;
 use crate::name::check_name;
@@ -458,14 +458,14 @@ impl Engine {
         let new_own = own
             .checked_add(bytes)
             .ok_or_else(|| Error::new(Errno::Enomem, format!("{part:?}"), "size overflows"))?;
-        self.set_own_min(part, new_own, min, false)?;
-        self.set_own_min(part, new_own, min, true)
+        self.set_own_min(part, new_own, min, Step::Check)?;
+        self.set_own_min(part, new_own, min, Step::Commit)
     }
 
     fn shrink_own(&mut self, part: PartId, bytes: u64) -> Result<()> {
         let p = self.part(part)?;
         let (min, own) = (p.limits.min, p.own);
-        self.set_own_min(part, own.saturating_sub(bytes), min, true)
+        self.set_own_min(part, own.saturating_sub(bytes), min, Step::Commit)
     }
 
     /// Process `pid` has exited: its private allocations are freed and it is disassociated.

@@ -299,9 +299,114 @@ fn reclaim_keeps_a_pending_max_until_use_fits() {
         .collect();
     assert_eq!(
         kinds,
-        vec![EventKind::ConfigChanged, EventKind::ConfigChanged]
+        vec![
+            EventKind::ConfigChanged,
+            EventKind::Reclaim {
+                max: 2 * MIB,
+                excess: 2 * MIB
+            },
+            EventKind::ConfigChanged
+        ]
     );
     ok(e.free(1, g2));
+}
+
+#[test]
+fn withdrawing_a_reclaim_keeps_the_old_max() {
+    let mut e = engine();
+    ok(e.create(&HOST, "/partition/mem/sysram/a", limits(0, 8 * MIB)));
+    ok(e.report_usage(&HOST, "/partition/mem/sysram/a", 4 * MIB));
+    ok(e.set_limits(&HOST, "/partition/mem/sysram/a", None, Some(MIB), true));
+    assert_eq!(
+        ok(e.withdraw_reclaim(&HOST, "/partition/mem/sysram/a")),
+        Some(MIB)
+    );
+    let m = ok(e.metrics(&HOST, "/partition/mem/sysram/a"));
+    assert_eq!((m.current.limits.max, m.pending_max), (8 * MIB, None));
+    assert_eq!(
+        ok(e.withdraw_reclaim(&HOST, "/partition/mem/sysram/a")),
+        None
+    );
+}
+
+#[test]
+fn reported_use_completes_a_reclaim_when_it_fits() {
+    let mut e = engine();
+    ok(e.create(&HOST, "/partition/mem/sysram/a", limits(0, 8 * MIB)));
+    ok(e.report_usage(&HOST, "/partition/mem/sysram/a", 6 * MIB));
+    ok(e.set_limits(&HOST, "/partition/mem/sysram/a", None, Some(2 * MIB), true));
+    ok(e.report_usage(&HOST, "/partition/mem/sysram/a", 3 * MIB));
+    assert_eq!(
+        ok(e.metrics(&HOST, "/partition/mem/sysram/a")).pending_max,
+        Some(2 * MIB)
+    );
+    ok(e.report_usage(&HOST, "/partition/mem/sysram/a", 2 * MIB));
+    let m = ok(e.metrics(&HOST, "/partition/mem/sysram/a"));
+    assert_eq!(
+        (m.current.limits.max, m.pending_max, m.used),
+        (2 * MIB, None, 2 * MIB)
+    );
+    assert_eq!(class_free(&e, "sysram"), 254 * MIB);
+}
+
+#[test]
+fn reported_use_above_a_max_is_kept_and_raised_as_an_event() {
+    let mut e = engine();
+    ok(e.create(&HOST, "/partition/mem/sysram/a", limits(0, 8 * MIB)));
+    ok(e.create(&HOST, "/partition/mem/sysram/a/b", limits(0, 4 * MIB)));
+    let sub_a = ok(e.subscribe(&HOST, "/partition/mem/sysram/a", EventFilter::default(), 16));
+    let sub_b = ok(e.subscribe(
+        &HOST,
+        "/partition/mem/sysram/a/b",
+        EventFilter::default(),
+        16,
+    ));
+    ok(e.report_usage(&HOST, "/partition/mem/sysram/a/b", 10 * MIB));
+    assert_eq!(used(&e, "/partition/mem/sysram/a/b"), 10 * MIB);
+    assert_eq!(used(&e, "/partition/mem/sysram/a"), 10 * MIB);
+    assert_eq!(class_free(&e, "sysram"), 246 * MIB);
+    let kinds = |e: &mut Engine, sub| -> Vec<EventKind> {
+        ok(e.drain_events(sub))
+            .events
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    };
+    assert!(kinds(&mut e, sub_b).contains(&EventKind::OverLimit {
+        used: 10 * MIB,
+        limit: 4 * MIB
+    }));
+    assert!(kinds(&mut e, sub_a).contains(&EventKind::OverLimit {
+        used: 10 * MIB,
+        limit: 8 * MIB
+    }));
+    ok(e.report_usage(&HOST, "/partition/mem/sysram/a/b", MIB));
+    assert_eq!(used(&e, "/partition/mem/sysram/a"), MIB);
+    assert_eq!(class_free(&e, "sysram"), 255 * MIB);
+}
+
+#[test]
+fn use_reports_need_the_superuser_and_a_figure_the_class_can_hold() {
+    let mut e = engine();
+    ok(e.create(&HOST, "/partition/mem/sysram/a", limits(0, 8 * MIB)));
+    assert_eq!(
+        errno(e.report_usage(
+            &Credential::guest(1000, 1000),
+            "/partition/mem/sysram/a",
+            MIB
+        )),
+        Errno::Eperm
+    );
+    assert_eq!(
+        errno(e.report_usage(&HOST, "/partition/mem/sysram/a", 257 * MIB)),
+        Errno::Einval
+    );
+    assert_eq!(
+        errno(e.report_usage(&HOST, "/partition/mem/sysram/nope", MIB)),
+        Errno::Enoent
+    );
+    ok(e.report_usage(&Credential::guest_root(), "/partition/mem/sysram/a", MIB));
+    assert_eq!(used(&e, "/partition/mem/sysram/a"), MIB);
 }
 
 #[test]

@@ -263,6 +263,13 @@ pub enum Op {
         /// What `Allocate` granted.
         grant: Grant,
     },
+    /// The guest's measurement of a partition's own use (the agent, for sysram).
+    ReportUsage {
+        /// The partition.
+        path: String,
+        /// Bytes it uses itself, children not counted.
+        own: u64,
+    },
 }
 
 /// A successful answer.

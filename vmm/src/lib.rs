@@ -6,6 +6,7 @@ pub mod boot;
 pub mod config;
 pub mod ctl;
 pub mod memory;
+pub mod reclaim;
 pub mod service;
 pub mod vm;
 

@@ -29,6 +29,19 @@ struct Extent {
     class: String,
     grant: mempart::Grant,
     gpa: u64,
+    /// Order of granting, to take back the newest first.
+    seq: u64,
+}
+
+/// An extent the VMM took back from a process to enforce a reclaim.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RevokedExtent {
+    /// The process it was granted to.
+    pub pid: mempart::Pid,
+    /// Its guest-physical base.
+    pub gpa: u64,
+    /// Its length.
+    pub bytes: u64,
 }
 
 /// Whose stream a connection is.
@@ -58,6 +71,7 @@ pub struct PartitionService {
     changes: Arc<Changes>,
     typed: Arc<std::sync::OnceLock<Arc<dyn TypedMemory>>>,
     extents: Arc<Mutex<std::collections::HashMap<mempart::Pid, Vec<Extent>>>>,
+    granted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PartitionService {
@@ -68,6 +82,7 @@ impl PartitionService {
             changes: Arc::new(Changes::default()),
             typed: Arc::default(),
             extents: Arc::default(),
+            granted: Arc::default(),
         }
     }
 
@@ -91,6 +106,67 @@ impl PartitionService {
     pub fn changed(&self) {
         *lock(&self.changes.generation) += 1;
         self.changes.cond.notify_all();
+    }
+
+    /// How many changes have been announced so far.
+    pub fn generation(&self) -> u64 {
+        *lock(&self.changes.generation)
+    }
+
+    /// Waits until a change after `seen` is announced or `timeout` passes; returns the
+    /// generation then.
+    pub fn wait_change(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        let generation = lock(&self.changes.generation);
+        let (generation, _) = self
+            .changes
+            .cond
+            .wait_timeout_while(generation, timeout, |g| *g == seen)
+            .unwrap_or_else(PoisonError::into_inner);
+        *generation
+    }
+
+    /// Takes back extents of `class` charged to partition `part`, newest first, until
+    /// `bytes` are freed or none is left: each is freed in the engine and made
+    /// inaccessible to the guest. Returns what was taken.
+    pub fn revoke_newest(
+        &self,
+        class: &str,
+        part: mempart::PartId,
+        bytes: u64,
+    ) -> Vec<RevokedExtent> {
+        let mut taken = Vec::new();
+        let mut freed = 0u64;
+        let mut engine = lock(&self.engine);
+        let mut extents = lock(&self.extents);
+        while freed < bytes {
+            let newest = extents
+                .iter()
+                .flat_map(|(pid, list)| list.iter().enumerate().map(move |(i, x)| (*pid, i, x)))
+                .filter(|(_, _, x)| x.class == class && x.grant.partition == part)
+                .max_by_key(|(_, _, x)| x.seq)
+                .map(|(pid, i, _)| (pid, i));
+            let Some((pid, i)) = newest else { break };
+            let Some(extent) = extents.get_mut(&pid).map(|list| list.swap_remove(i)) else {
+                break;
+            };
+            if engine.free(pid, extent.grant).is_err() {
+                continue;
+            }
+            if let Some(typed) = self.typed.get() {
+                let _ = typed.revoke(&extent.class, extent.gpa);
+            }
+            freed += extent.grant.bytes;
+            taken.push(RevokedExtent {
+                pid,
+                gpa: extent.gpa,
+                bytes: extent.grant.bytes,
+            });
+        }
+        drop((engine, extents));
+        if !taken.is_empty() {
+            self.changed();
+        }
+        taken
     }
 
     /// Serves one connection until the peer closes it or breaks the protocol: the
@@ -349,6 +425,9 @@ impl PartitionService {
                                 class: class.clone(),
                                 grant,
                                 gpa,
+                                seq: self
+                                    .granted
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                             };
                             lock(&self.extents).entry(pid).or_default().push(extent);
                             Some(gpa)
@@ -365,6 +444,10 @@ impl PartitionService {
                     },
                 };
                 Reply::Granted { grant, gpa }
+            }
+            Op::ReportUsage { path, own } => {
+                e.report_usage(caller, &path, own)?;
+                Reply::Done
             }
             Op::Free { pid, grant } => {
                 e.free(pid, grant)?;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use devices::virtio::balloon::{Balloon, BalloonHandle};
+use devices::virtio::balloon::{Balloon, BalloonHandle, BalloonStatus};
 use devices::virtio::console::{AgentChannel, Console};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, REG_QUEUE_NOTIFY};
 use devices::virtio::{Interrupt, VirtioDevice};
@@ -30,6 +30,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::boot::{self, BootError, EMULATED_KERNEL_ARGS};
 use crate::config::{AgentEnd, SerialOut, VmConfig};
 use crate::memory::{class_bases, ClassRegion, MemoryError, Sysram};
+use crate::reclaim::Reclaimer;
 use crate::service::{Authority, PartitionService};
 
 /// The COM1 ports.
@@ -228,6 +229,7 @@ struct Shared {
     post_seen: AtomicBool,
     devices: Vec<(u64, Arc<Mutex<MmioTransport>>)>,
     balloon: BalloonHandle,
+    reclaimer: Reclaimer,
     agent: AgentChannel,
     exit: Mutex<Option<VmExit>>,
     exit_event: EventFd,
@@ -425,6 +427,9 @@ impl Vm {
         }
         let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
         let exit_event = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        let service = PartitionService::new(Arc::clone(&engine));
+        let reclaimer =
+            Reclaimer::new(Arc::clone(&engine), service.clone(), balloon_handle.clone());
         let vm = Vm {
             agent_end: config.agent_end,
             notifiers,
@@ -432,7 +437,7 @@ impl Vm {
                 vm,
                 serial: Mutex::new(Serial::new(IrqTrigger(serial_irq), out)),
                 classes: Mutex::new(regions),
-                service: PartitionService::new(Arc::clone(&engine)),
+                service,
                 engine,
                 violations: Mutex::new(Vec::new()),
                 free_slots: Mutex::new((next_slot, Vec::new())),
@@ -443,6 +448,7 @@ impl Vm {
                 post_seen: AtomicBool::new(false),
                 devices,
                 balloon: balloon_handle,
+                reclaimer,
                 agent,
                 exit: Mutex::new(None),
                 exit_event,
@@ -452,6 +458,14 @@ impl Vm {
         };
         let typed = TypedClasses(Arc::downgrade(&vm.shared));
         vm.shared.service.set_typed_memory(Arc::new(typed));
+        let weak = Arc::downgrade(&vm.shared);
+        vm.shared
+            .balloon
+            .observe(Arc::new(move |status: &BalloonStatus| {
+                if let Some(shared) = weak.upgrade() {
+                    sysram_follows_balloon(&shared, status);
+                }
+            }));
         Ok(vm)
     }
 
@@ -544,6 +558,23 @@ impl Vm {
         }
         Ok(exit)
     }
+}
+
+/// Keeps the sysram class's size at the guest's RAM less what the balloon holds, and
+/// tells the service's followers. A size the engine refuses (reservations would no
+/// longer fit) is left as it was until the next balloon change.
+fn sysram_follows_balloon(shared: &Shared, status: &BalloonStatus) {
+    let held = status
+        .inflated_pages
+        .saturating_mul(devices::virtio::balloon::BALLOON_PAGE);
+    let size = shared.sysram.size.saturating_sub(held);
+    {
+        let mut engine = lock(&shared.engine);
+        if let Some(sysram) = engine.class_id(mempart::SYSRAM) {
+            let _ = engine.set_class_size(sysram, size);
+        }
+    }
+    shared.service.changed();
 }
 
 /// Typed memory for the service: extents of the VM's classes (held weakly: the service
@@ -903,6 +934,11 @@ impl VmHandle {
     /// The balloon: set its target, read what the guest did.
     pub fn balloon(&self) -> &BalloonHandle {
         &self.shared.balloon
+    }
+
+    /// Balloon-style reconfiguration: reclaims and limit changes that move the balloon.
+    pub fn reclaimer(&self) -> &Reclaimer {
+        &self.shared.reclaimer
     }
 
     /// The VMM's end of the agent channel (the console's `org.mempart.agent.0` port).

@@ -61,11 +61,26 @@ pub struct BalloonStatus {
     pub rejected: u64,
 }
 
+/// Called with the balloon's figures after the guest changed them.
+pub type Observer = Arc<dyn Fn(&BalloonStatus) + Send + Sync>;
+
 #[derive(Default)]
 struct Shared {
     status: BalloonStatus,
     interrupt: Option<Interrupt>,
     stats_wanted: bool,
+    observer: Option<Observer>,
+}
+
+/// Tells the observer, if any, the figures as they are now (outside the lock).
+fn announce(shared: &Mutex<Shared>) {
+    let (observer, status) = {
+        let shared = lock(shared);
+        (shared.observer.clone(), shared.status.clone())
+    };
+    if let Some(observer) = observer {
+        observer(&status);
+    }
 }
 
 /// The VMM's side of a balloon: set the target, read what the guest did.
@@ -90,6 +105,11 @@ impl BalloonHandle {
     /// A snapshot of the balloon's figures.
     pub fn status(&self) -> BalloonStatus {
         lock(&self.shared).status.clone()
+    }
+
+    /// Calls `observer` whenever the guest inflated, deflated or wrote `actual`.
+    pub fn observe(&self, observer: Observer) {
+        lock(&self.shared).observer = Some(observer);
     }
 
     /// Asks the guest for fresh statistics (they land in [`BalloonStatus::stats`]).
@@ -149,11 +169,13 @@ impl Balloon {
         };
         let role = *role;
         let mut used_any = false;
+        let mut moved = false;
         while let Some(chain) = queue.pop_descriptor_chain(&mem) {
             let head = chain.head_index();
             let mut shared = lock(&self.shared);
             match role {
                 Role::Inflate | Role::Deflate => {
+                    moved = true;
                     page_numbers(&mem, chain, role == Role::Inflate, &mut shared.status)
                 }
                 Role::Reporting => reported_ranges(&mem, chain, &mut shared.status),
@@ -170,6 +192,9 @@ impl Balloon {
         }
         if used_any {
             signal(&self.shared, queue, &mem);
+        }
+        if moved {
+            announce(&self.shared);
         }
     }
 }
@@ -320,6 +345,7 @@ impl VirtioDevice for Balloon {
         if offset == 4 {
             if let Ok(bytes) = <[u8; 4]>::try_from(data) {
                 lock(&self.shared).status.actual_pages = u32::from_le_bytes(bytes);
+                announce(&self.shared);
             }
         }
     }
@@ -576,10 +602,20 @@ mod tests {
         r.balloon.read_config(0, &mut cfg);
         assert_eq!(u32::from_le_bytes([cfg[0], cfg[1], cfg[2], cfg[3]]), 1234);
         assert_eq!(r.irq.read().ok(), Some(1));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        r.handle.observe(Arc::new(move |s: &BalloonStatus| {
+            lock(&record).push(s.actual_pages);
+        }));
         r.balloon.write_config(0, &99u32.to_le_bytes());
         r.balloon.write_config(4, &77u32.to_le_bytes());
         let s = r.handle.status();
         assert_eq!((s.target_pages, s.actual_pages), (1234, 77));
+        assert_eq!(
+            *lock(&seen),
+            vec![77],
+            "only the driver's write is announced"
+        );
     }
 
     #[test]
