@@ -9,20 +9,26 @@
 //! | `GET /metrics` | Prometheus text: per class and per partition |
 //! | `GET /partition/mem/...` | a partition's or class's metrics; `?list` lists instead |
 //! | `POST /partition/mem/...` | create, body `{"min": N, "max": N, "mode": N}` (all optional) |
-//! | `PATCH /partition/mem/...` | change limits, body `{"min": N, "max": N, "reclaim": bool}` |
+//! | `PATCH /partition/mem/...` | change limits, body `{"min": N, "max": N}`; raising a sysram max deflates what reclaims ballooned |
+//! | `PATCH /partition/mem/...` with `"reclaim": true` | start a reclaim, body `{"max": N, "reclaim": true, "deadline_ms": N}`: 202 and its status |
+//! | `GET /reclaim`, `GET /reclaim/{id}` | reclaims' progress |
+//! | `GET /events?path=P` | a stream of P's events, one JSON object per line, until the client leaves |
 //! | `DELETE /partition/mem/...` | destroy |
 //! | `GET /balloon` | target, actual, released pages, statistics |
 //! | `PUT /balloon` | body `{"target_pages": N}` |
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use mempart::{Credential, Limits, NewPartition, Node, UNLIMITED};
+use mempart::{Credential, EventFilter, Limits, NewPartition, Node, UNLIMITED};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
+use crate::reclaim::DEFAULT_DEADLINE;
 use crate::vm::VmHandle;
 
 /// Largest request body accepted.
@@ -61,7 +67,15 @@ struct LimitsBody {
     max: Option<u64>,
     #[serde(default)]
     reclaim: bool,
+    deadline_ms: Option<u64>,
 }
+
+/// Most event streams served at once.
+pub const MAX_EVENT_STREAMS: usize = 16;
+/// Queue of each event stream's subscription.
+const STREAM_QUEUE: usize = 1024;
+/// An idle event stream sends an empty line this often, to notice a client that left.
+const STREAM_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,8 +92,15 @@ pub fn serve(path: &Path, vm: VmHandle, config: Value) -> std::io::Result<JoinHa
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            let streams = Arc::new(AtomicUsize::new(0));
             for request in server.incoming_requests() {
-                answer(request, &vm, &config);
+                let url = request.url().to_string();
+                let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+                if *request.method() == Method::Get && path == "/events" {
+                    start_stream(request, query, &vm, &streams);
+                } else {
+                    answer(request, &vm, &config);
+                }
             }
         })
 }
@@ -88,7 +109,11 @@ fn answer(mut request: Request, vm: &VmHandle, config: &Value) {
     let result = body(&mut request)
         .and_then(|body| route(request.method(), request.url(), &body, vm, config));
     let (status, payload, content_type) = match result {
-        Ok((payload, ct)) => (200, payload, ct),
+        Ok(Reply {
+            status,
+            body,
+            content_type,
+        }) => (status, body, content_type),
         Err(ApiError(status, message)) => (
             status,
             json!({ "error": message }).to_string(),
@@ -129,10 +154,21 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError(400, format!("bad JSON body: {e}")))
 }
 
-type Answer = Result<(String, &'static str), ApiError>;
+/// A successful answer.
+struct Reply {
+    status: u16,
+    body: String,
+    content_type: &'static str,
+}
+
+type Answer = Result<Reply, ApiError>;
 
 fn json_answer(value: Value) -> Answer {
-    Ok((value.to_string(), "application/json"))
+    Ok(Reply {
+        status: 200,
+        body: value.to_string(),
+        content_type: "application/json",
+    })
 }
 
 fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value) -> Answer {
@@ -141,7 +177,27 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
     match (method, path) {
         (Method::Get, "/vm") => json_answer(vm.info()),
         (Method::Get, "/config") => json_answer(config.clone()),
-        (Method::Get, "/metrics") => Ok((vm.with_engine(prometheus), "text/plain; version=0.0.4")),
+        (Method::Get, "/metrics") => Ok(Reply {
+            status: 200,
+            body: vm.with_engine(prometheus),
+            content_type: "text/plain; version=0.0.4",
+        }),
+        (Method::Get, "/reclaim") => json_answer(json!(vm.reclaimer().list())),
+        (Method::Get, p) if p.starts_with("/reclaim/") => {
+            let id = p
+                .trim_start_matches("/reclaim/")
+                .parse::<u64>()
+                .map_err(|_| ApiError(400, format!("{p}: not a reclaim number")))?;
+            let status = vm
+                .reclaimer()
+                .status(id)
+                .ok_or_else(|| ApiError(404, format!("no reclaim {id}")))?;
+            json_answer(json!(status))
+        }
+        (Method::Patch, p) if p.starts_with(mempart::MEM_ROOT) => {
+            let b: LimitsBody = parse(body)?;
+            patch(vm, p, b)
+        }
         (Method::Get, "/balloon") => {
             let s = vm.balloon().status();
             json_answer(json!({
@@ -159,7 +215,7 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
         }
         (_, p) if p.starts_with(mempart::MEM_ROOT) => {
             let p = p.to_string();
-            vm.with_engine(|e| -> Answer {
+            let answer = vm.with_engine(|e| -> Answer {
                 match method {
                     Method::Get if query == "list" => json_answer(json!(e.list(&host, &p)?)),
                     Method::Get => match e.resolve(&p)? {
@@ -182,20 +238,173 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
                         )?;
                         json_answer(json!({ "created": p }))
                     }
-                    Method::Patch => {
-                        let b: LimitsBody = parse(body)?;
-                        json_answer(json!(e.set_limits(&host, &p, b.min, b.max, b.reclaim)?))
-                    }
                     Method::Delete => {
                         e.destroy(&host, &p)?;
                         json_answer(json!({ "destroyed": p }))
                     }
                     _ => Err(ApiError(405, format!("{method} is not served on {p}"))),
                 }
-            })
+            });
+            if *method != Method::Get {
+                vm.service().changed();
+            }
+            answer
         }
         _ => Err(ApiError(404, format!("no endpoint {method} {path}"))),
     }
+}
+
+/// Changes limits: a reclaim when asked (202 and its status), otherwise at once.
+fn patch(vm: &VmHandle, path: &str, b: LimitsBody) -> Answer {
+    if !b.reclaim {
+        if b.deadline_ms.is_some() {
+            return Err(ApiError(400, "deadline_ms goes with reclaim".into()));
+        }
+        let (outcome, deflated) = vm.reclaimer().set_limits(path, b.min, b.max)?;
+        return json_answer(json!({ "outcome": outcome, "deflated_pages": deflated }));
+    }
+    let Some(max) = b.max.filter(|_| b.min.is_none()) else {
+        return Err(ApiError(
+            400,
+            "a reclaim takes max (and deadline_ms) only".into(),
+        ));
+    };
+    let deadline = b
+        .deadline_ms
+        .map_or(DEFAULT_DEADLINE, std::time::Duration::from_millis);
+    let status = vm.reclaimer().start(path, max, deadline)?;
+    Ok(Reply {
+        status: 202,
+        body: json!(status).to_string(),
+        content_type: "application/json",
+    })
+}
+
+/// Answers `GET /events?path=P` on a thread of its own: the response head, then each of
+/// `{"subscribed": P}` and then P's events as one JSON line each as they happen (chunked),
+/// until the client leaves or P is destroyed.
+fn start_stream(request: Request, query: &str, vm: &VmHandle, streams: &Arc<AtomicUsize>) {
+    let refuse = |request: Request, ApiError(status, message)| {
+        let body = json!({ "error": message }).to_string();
+        let _ = request.respond(Response::from_string(body).with_status_code(status));
+    };
+    let Some(path) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("path="))
+        .map(percent_decode)
+    else {
+        return refuse(request, ApiError(400, "events need ?path=P".into()));
+    };
+    if streams.fetch_add(1, Ordering::SeqCst) >= MAX_EVENT_STREAMS {
+        streams.fetch_sub(1, Ordering::SeqCst);
+        return refuse(
+            request,
+            ApiError(503, format!("at most {MAX_EVENT_STREAMS} event streams")),
+        );
+    }
+    let filter = EventFilter {
+        violations: true,
+        ..EventFilter::default()
+    };
+    let sub = vm.with_engine(|e| e.subscribe(&Credential::Host, &path, filter, STREAM_QUEUE));
+    let sub = match sub {
+        Ok(sub) => sub,
+        Err(e) => {
+            streams.fetch_sub(1, Ordering::SeqCst);
+            return refuse(request, e.into());
+        }
+    };
+    let vm = vm.clone();
+    let streams = Arc::clone(streams);
+    let spawned = std::thread::Builder::new()
+        .name("api-events".into())
+        .spawn(move || {
+            let writer = request.into_writer();
+            let _ = stream_events(writer, &vm, &path, sub);
+            let _ = vm.with_engine(|e| e.unsubscribe(sub));
+            streams.fetch_sub(1, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        eprintln!("mempart-vmm: api: no thread for an event stream");
+    }
+}
+
+/// Writes the stream's head and its events until a write fails or the target is gone.
+fn stream_events(
+    mut writer: Box<dyn Write + Send>,
+    vm: &VmHandle,
+    path: &str,
+    sub: mempart::SubId,
+) -> std::io::Result<()> {
+    writer.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )?;
+    writer.flush()?;
+    let mut chunk = |data: &[u8]| -> std::io::Result<()> {
+        write!(writer, "{:x}\r\n", data.len())?;
+        writer.write_all(data)?;
+        writer.write_all(b"\r\n")?;
+        writer.flush()
+    };
+    chunk(format!("{}\n", json!({ "subscribed": path })).as_bytes())?;
+    let service = vm.service();
+    let mut seen = service.generation();
+    loop {
+        let batch = vm
+            .with_engine(|e| e.drain_events(sub))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut out = String::new();
+        if batch.missed > 0 {
+            out.push_str(&json!({ "missed": batch.missed }).to_string());
+            out.push('\n');
+        }
+        let mut ended = false;
+        for event in &batch.events {
+            ended |= event.kind == mempart::EventKind::Destroyed;
+            out.push_str(&json!(event).to_string());
+            out.push('\n');
+        }
+        if out.is_empty() {
+            let now = service.wait_change(seen, STREAM_HEARTBEAT);
+            if now == seen {
+                chunk(b"\n")?;
+            }
+            seen = now;
+            continue;
+        }
+        chunk(out.as_bytes())?;
+        if ended {
+            return chunk(b"");
+        }
+    }
+}
+
+/// Decodes `%XX` escapes and `+` of a query value (paths may hold spaces).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Escapes a label value for the Prometheus text format.

@@ -61,3 +61,61 @@ pub fn request(sock: &Path, method: &str, path: &str, body: &str) -> Result<Stri
         Err(CtlError::Refused { status, message })
     }
 }
+
+/// Follows `GET /events?path=…`: calls `each` with every event line (heartbeat blank
+/// lines skipped) until it returns `false` or the stream ends (the partition is gone).
+pub fn follow_events(
+    sock: &Path,
+    path: &str,
+    mut each: impl FnMut(&str) -> bool,
+) -> Result<(), CtlError> {
+    use std::io::BufRead;
+    let io = |source| CtlError::Socket {
+        path: sock.display().to_string(),
+        source,
+    };
+    let mut stream = UnixStream::connect(sock).map_err(io)?;
+    let query: String = path
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let request = format!(
+        "GET /events?path={query} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut head = String::new();
+    reader.read_line(&mut head).map_err(io)?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| CtlError::NotHttp(sock.display().to_string()))?;
+    let mut line = String::new();
+    while {
+        line.clear();
+        reader.read_line(&mut line).map_err(io)? > 0 && line != "\r\n"
+    } {}
+    if status != 200 {
+        let mut body = String::new();
+        reader.read_to_string(&mut body).map_err(io)?;
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or(body);
+        return Err(CtlError::Refused { status, message });
+    }
+    let body = std::io::BufReader::new(chunked_transfer::Decoder::new(reader));
+    for event in body.lines() {
+        let event = event.map_err(io)?;
+        if !event.is_empty() && !each(&event) {
+            break;
+        }
+    }
+    Ok(())
+}

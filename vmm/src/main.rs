@@ -9,6 +9,7 @@ use mempart::topology::Topology;
 use mempart::{ClassSpec, Credential, Engine, UNLIMITED};
 use vmm::config::{parse_class, parse_serial, with_sysram};
 use vmm::memory::ClassBacking;
+use vmm::reclaim::{ReclaimState, ReclaimStatus};
 use vmm::{Vm, VmConfig};
 
 /// A minimal KVM VMM whose guest memory is split into memory classes governed by
@@ -200,7 +201,8 @@ enum Verb {
         #[arg(long)]
         mode: Option<String>,
     },
-    /// Change a partition's limits; --reclaim allows a max below use.
+    /// Change a partition's limits at once (a max below use is refused: see `reclaim`).
+    /// Raising a sysram max deflates the balloon by what reclaims put in it.
     Set {
         /// The path.
         path: String,
@@ -210,9 +212,24 @@ enum Verb {
         /// New maximum.
         #[arg(long)]
         max: Option<String>,
-        /// Make a lower max pending until use fits.
-        #[arg(long)]
-        reclaim: bool,
+    },
+    /// Lower a partition's max below its use and follow the guest giving memory back,
+    /// printing progress. Exit code 0 when use fits (done, or typed extents revoked at
+    /// the deadline), 1 when it expired (the old max stays) or was abandoned.
+    Reclaim {
+        /// The path.
+        path: String,
+        /// The new maximum (e.g. 64M).
+        max: String,
+        /// How long the guest has, in seconds (at most 3600).
+        #[arg(long, default_value_t = 30.0)]
+        deadline: f64,
+    },
+    /// Follow a partition's or class's events, one JSON object per line, until it is
+    /// destroyed or you press Ctrl-C.
+    Events {
+        /// The path.
+        path: String,
     },
     /// Destroy a partition.
     Destroy {
@@ -229,7 +246,7 @@ enum Verb {
     },
 }
 
-fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<()> {
+fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCode> {
     use vmm::ctl::request;
     let size = |s: &Option<String>| -> anyhow::Result<Option<u64>> {
         s.as_deref()
@@ -259,15 +276,21 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<()> {
             let body = serde_json::json!({ "min": size(min)?, "max": size(max)?, "mode": mode });
             ("POST", path.clone(), body.to_string())
         }
-        Verb::Set {
-            path,
-            min,
-            max,
-            reclaim,
-        } => {
-            let body =
-                serde_json::json!({ "min": size(min)?, "max": size(max)?, "reclaim": reclaim });
+        Verb::Set { path, min, max } => {
+            let body = serde_json::json!({ "min": size(min)?, "max": size(max)? });
             ("PATCH", path.clone(), body.to_string())
+        }
+        Verb::Reclaim {
+            path,
+            max,
+            deadline,
+        } => return reclaim(sock, json, path, max, *deadline),
+        Verb::Events { path } => {
+            vmm::ctl::follow_events(sock, path, |line| {
+                println!("{line}");
+                true
+            })?;
+            return Ok(ExitCode::SUCCESS);
         }
         Verb::Destroy { path } => ("DELETE", path.clone(), String::new()),
         Verb::Metrics => ("GET", "/metrics".to_string(), String::new()),
@@ -281,7 +304,7 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<()> {
     let answer = request(sock, method, &path, &body)?;
     if json || matches!(verb, Verb::Metrics) {
         println!("{}", answer.trim_end());
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let value: serde_json::Value = serde_json::from_str(&answer)?;
     match (&verb, &value) {
@@ -297,7 +320,71 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<()> {
         }
         _ => println!("{value}"),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts a reclaim and prints its progress each time it moves, until it ends.
+fn reclaim(
+    sock: &std::path::Path,
+    json: bool,
+    path: &str,
+    max: &str,
+    deadline: f64,
+) -> anyhow::Result<ExitCode> {
+    use vmm::ctl::request;
+    let max = mempart::topology::parse_size(max)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("max {max:?}"))?;
+    if !(deadline.is_finite() && deadline > 0.0 && deadline <= 3600.0) {
+        anyhow::bail!("--deadline {deadline}: give seconds between 0 and 3600");
+    }
+    let body = serde_json::json!({
+        "max": max,
+        "reclaim": true,
+        "deadline_ms": (deadline * 1000.0) as u64,
+    });
+    let answer = request(sock, "PATCH", path, &body.to_string())?;
+    let mut status: ReclaimStatus = serde_json::from_str(&answer)
+        .with_context(|| format!("the API's answer is not a reclaim: {answer}"))?;
+    let mut shown = None;
+    loop {
+        let moved = (status.used, status.balloon_pages, status.state);
+        if shown != Some(moved) {
+            if json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                println!(
+                    "reclaim {} {:<9} used {:>10}  given back {:>10}  balloon +{} pages  {} ms",
+                    status.id,
+                    format!("{:?}", status.state).to_lowercase(),
+                    size(status.used),
+                    size(status.given_back),
+                    status.balloon_pages,
+                    status.elapsed_ms,
+                );
+            }
+            shown = Some(moved);
+        }
+        match status.state {
+            ReclaimState::Running => {}
+            ReclaimState::Done | ReclaimState::Revoked => {
+                if !json {
+                    println!("{}", status.message);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            ReclaimState::Expired | ReclaimState::Abandoned => {
+                if !json {
+                    println!("{}", status.message);
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let answer = request(sock, "GET", &format!("/reclaim/{}", status.id), "")?;
+        status = serde_json::from_str(&answer)
+            .with_context(|| format!("the API's answer is not a reclaim: {answer}"))?;
+    }
 }
 
 fn classes(args: &[String]) -> anyhow::Result<Vec<ClassBacking>> {
@@ -407,10 +494,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             api_sock,
             json,
             verb,
-        } => {
-            ctl(&api_sock, json, verb)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => ctl(&api_sock, json, verb),
         Command::Run(args) => {
             let run = args.effective()?;
             let config = VmConfig {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use devices::virtio::balloon::{BalloonHandle, BALLOON_PAGE};
 use mempart::{Credential, Engine, Errno, SetOutcome, SYSRAM, UNLIMITED};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::service::{PartitionService, RevokedExtent};
 
@@ -36,7 +36,7 @@ pub const KEPT_FINISHED: usize = 32;
 const BALLOON_POLL: Duration = Duration::from_millis(20);
 
 /// Where a reclaim stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReclaimState {
     /// Waiting for the guest.
@@ -52,7 +52,7 @@ pub enum ReclaimState {
 }
 
 /// Progress of one reclaim.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReclaimStatus {
     /// Its number.
     pub id: u64,

@@ -34,7 +34,7 @@ struct Extent {
 }
 
 /// An extent the VMM took back from a process to enforce a reclaim.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RevokedExtent {
     /// The process it was granted to.
     pub pid: mempart::Pid,

@@ -37,6 +37,18 @@ fn http(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Follows `path`'s events on its own thread; each line arrives on the receiver.
+fn event_stream(sock: &Path, path: &str) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = channel();
+    let (sock, path) = (sock.to_path_buf(), path.to_string());
+    std::thread::spawn(move || {
+        let result =
+            vmm::ctl::follow_events(&sock, &path, |line| tx.send(line.to_string()).is_ok());
+        let _ = tx.send(format!("end: {result:?}"));
+    });
+    rx
+}
+
 #[test]
 fn every_endpoint_and_malformed_requests() {
     if !kvm_available() {
@@ -104,13 +116,68 @@ fn every_endpoint_and_malformed_requests() {
         body.contains("\"box\"") && body.contains("\"sys\""),
         "{body}"
     );
+    let events = event_stream(&sock, "/partition/mem/fast/box");
+    assert_eq!(
+        next_line(&events),
+        r#"{"subscribed":"/partition/mem/fast/box"}"#
+    );
     let (status, body) = http(
         &sock,
         "PATCH",
         "/partition/mem/fast/box",
         r#"{"max": 8388608}"#,
     );
-    assert_eq!((status, body.as_str()), (200, "\"applied\""));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"deflated_pages":0,"outcome":"applied"}"#)
+    );
+    let event: serde_json::Value = serde_json::from_str(&next_line(&events)).expect("event json");
+    assert_eq!(
+        (event["seq"].clone(), event["kind"].clone()),
+        (1.into(), "config_changed".into())
+    );
+
+    assert_eq!(
+        http(
+            &sock,
+            "POST",
+            "/partition/mem/fast/r",
+            r#"{"max": 8388608}"#
+        )
+        .0,
+        200
+    );
+    let (status, body) = http(
+        &sock,
+        "PATCH",
+        "/partition/mem/fast/r",
+        r#"{"max": 1048576, "reclaim": true, "deadline_ms": 5000}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let reclaim: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(reclaim["state"], "done", "nothing to give back: {body}");
+    let id = reclaim["id"].as_u64().expect("id");
+    let (status, body) = http(&sock, "GET", &format!("/reclaim/{id}"), "");
+    assert_eq!(
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).expect("json")
+        ),
+        (200, reclaim.clone())
+    );
+    let (status, body) = http(&sock, "GET", "/reclaim", "");
+    assert_eq!(
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).expect("json")
+        ),
+        (200, serde_json::json!([reclaim]))
+    );
+    let (_, body) = http(&sock, "GET", "/partition/mem/fast/r", "");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["current"]["limits"]["max"],
+        1u64 << 20
+    );
 
     let (status, metrics) = http(&sock, "GET", "/metrics", "");
     assert_eq!(status, 200);
@@ -131,13 +198,37 @@ fn every_endpoint_and_malformed_requests() {
         ),
         "{metrics}"
     );
-    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ').expect("a sample");
-        assert!(
-            series.starts_with("mempart_") && value.parse::<u64>().is_ok(),
-            "{line}"
-        );
-    }
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text");
+    let sample_lines = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty());
+    assert_eq!(
+        scrape.samples.len(),
+        sample_lines.count(),
+        "every line parses as a sample"
+    );
+    let free = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "mempart_class_free_bytes" && s.labels.get("class") == Some("fast"))
+        .expect("free bytes of fast");
+    assert_eq!(
+        free.value,
+        prometheus_parse::Value::Gauge(f64::from(12u32 << 20))
+    );
+    let box_min = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "mempart_partition_min_bytes"
+                && s.labels.get("path") == Some("/partition/mem/fast/box")
+        })
+        .expect("min of box");
+    assert_eq!(
+        box_min.value,
+        prometheus_parse::Value::Gauge(f64::from(4u32 << 20))
+    );
 
     assert_eq!(
         http(&sock, "PUT", "/balloon", r#"{"target_pages": 256}"#).0,
@@ -171,6 +262,22 @@ fn every_endpoint_and_malformed_requests() {
         ("PUT", "/partition/mem/fast/box", "", 405),
         ("DELETE", "/partition/mem/fast/sys", "", 403),
         ("PUT", "/balloon", r#"{"target_pages": -1}"#, 400),
+        (
+            "PATCH",
+            "/partition/mem/fast/r",
+            r#"{"min": 0, "max": 0, "reclaim": true}"#,
+            400,
+        ),
+        (
+            "PATCH",
+            "/partition/mem/fast/r",
+            r#"{"max": 0, "deadline_ms": 10}"#,
+            400,
+        ),
+        ("GET", "/reclaim/99", "", 404),
+        ("GET", "/reclaim/x", "", 400),
+        ("GET", "/events", "", 400),
+        ("GET", "/events?path=/partition/mem/fast/nope", "", 404),
     ] {
         let (status, body) = http(&sock, method, path, body);
         assert_eq!(status, want, "{method} {path}: {body}");
@@ -183,6 +290,16 @@ fn every_endpoint_and_malformed_requests() {
         413
     );
     assert_eq!(http(&sock, "DELETE", "/partition/mem/fast/box", "").0, 200);
+    let event: serde_json::Value = serde_json::from_str(&next_line(&events)).expect("event json");
+    assert_eq!(
+        (event["seq"].clone(), event["kind"].clone()),
+        (2.into(), "destroyed".into())
+    );
+    assert_eq!(
+        next_line(&events),
+        "end: Ok(())",
+        "the stream ends with its partition"
+    );
     assert_eq!(http(&sock, "GET", "/vm", "").0, 200, "the VMM is unharmed");
 
     handle
@@ -205,6 +322,9 @@ fn the_openapi_document_names_every_endpoint() {
         ("/config:", &["get:"][..]),
         ("/metrics:", &["get:"][..]),
         ("/balloon:", &["get:", "put:"][..]),
+        ("/reclaim:", &["get:"][..]),
+        ("/reclaim/{id}:", &["get:"][..]),
+        ("/events:", &["get:"][..]),
         (
             "/partition/mem/{path}:",
             &["get:", "post:", "patch:", "delete:"][..],

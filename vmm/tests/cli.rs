@@ -293,6 +293,32 @@ fn ctl_queries_and_reshapes_a_running_vm() {
     assert_eq!(effective["classes"], serde_json::json!(["fast=16M"]));
     assert_eq!(effective["kernel"], kernel.to_str().expect("utf-8"));
     assert_eq!(effective["cmdline"], "console=ttyS0 reboot=k panic=-1");
+    let out = ctl(&["create", "/partition/mem/fast/y", "--max", "8M"]);
+    assert_eq!(out.status.code(), Some(0));
+    let mut events = Command::new(VMM)
+        .args(["ctl", "--api-sock", s, "events", "/partition/mem/fast/y"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctl events runs");
+    let mut events_out = BufReader::new(events.stdout.take().expect("stdout"));
+    let mut next_event = || {
+        let mut line = String::new();
+        events_out.read_line(&mut line).expect("an event line");
+        serde_json::from_str::<serde_json::Value>(&line).expect("event json")
+    };
+    assert_eq!(next_event()["subscribed"], "/partition/mem/fast/y");
+    let out = ctl(&["reclaim", "/partition/mem/fast/y", "2M", "--deadline", "5"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.starts_with("reclaim 1 done"), "{stdout}");
+    assert_eq!(next_event()["kind"], "config_changed");
+    let out = ctl(&["reclaim", "/partition/mem/fast/y", "1M", "--deadline", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--deadline 0"));
+    let out = ctl(&["destroy", "/partition/mem/fast/y"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(next_event()["kind"], "destroyed");
+    assert!(events.wait().expect("ctl events ends").success());
     let out = ctl(&["balloon", "--target", "128"]);
     assert_eq!(out.status.code(), Some(0));
     let out = ctl(&["--json", "balloon"]);
