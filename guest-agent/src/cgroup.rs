@@ -91,6 +91,32 @@ impl CgroupMirror {
         self.remove_stale(&base, &wanted)
     }
 
+    /// Each node's own use as its cgroup reports it: `memory.current` less its direct
+    /// children's (the engine adds children itself). `sys` (the root group, which has no
+    /// `memory.current`) and nodes whose figure cannot be read are left out.
+    pub fn own_usage(&self, nodes: &[Node]) -> Vec<(String, u64)> {
+        let current = |rel: &str| -> Option<u64> {
+            fs::read_to_string(self.base().join(rel).join("memory.current"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        nodes
+            .iter()
+            .filter(|n| n.rel != "sys")
+            .filter_map(|n| {
+                let total = current(&n.rel)?;
+                let children: u64 = nodes
+                    .iter()
+                    .filter(|c| c.rel.rsplit_once('/').map(|(parent, _)| parent) == Some(&n.rel))
+                    .filter_map(|c| current(&c.rel))
+                    .sum();
+                Some((n.rel.clone(), total.saturating_sub(children)))
+            })
+            .collect()
+    }
+
     /// Whether `pid` already sits in the group for `rel` (per `/proc/<pid>/cgroup`, which
     /// reads `0::/mempart/<rel>` on a cgroup v2 guest).
     fn is_in(&self, pid: u32, rel: &str) -> bool {
@@ -159,6 +185,18 @@ mod tests {
             read("sys/cgroup.procs"),
             "",
             "sys's processes stay in the root group"
+        );
+        fs::write(root.join("mempart/apps/memory.current"), "50000000\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        fs::write(root.join("mempart/apps/web/memory.current"), "20000000\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            mirror.own_usage(&nodes),
+            vec![
+                ("apps".to_string(), 30_000_000),
+                ("apps/web".to_string(), 20_000_000)
+            ],
+            "old has no figure; apps less its child"
         );
         mirror.apply(&nodes[..2]).unwrap_or_else(|e| panic!("{e}"));
         assert!(!root.join("mempart/sys").exists());

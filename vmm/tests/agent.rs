@@ -35,6 +35,7 @@ fn binary(name: &str) -> PathBuf {
 struct Rig {
     dir: PathBuf,
     engine: Arc<Mutex<Engine>>,
+    service: PartitionService,
     agent: Child,
 }
 
@@ -47,6 +48,11 @@ impl Drop for Rig {
 
 impl Rig {
     fn new(name: &str) -> Rig {
+        Rig::with_args(name, &[])
+    }
+
+    /// A rig whose agent gets `extra` arguments.
+    fn with_args(name: &str, extra: &[&str]) -> Rig {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("agent-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -60,7 +66,9 @@ impl Rig {
         let service = PartitionService::new(Arc::clone(&engine));
         let upstream = dir.join("service.sock");
         let listener = UnixListener::bind(&upstream).expect("bind");
+        let serving = service.clone();
         std::thread::spawn(move || {
+            let service = serving;
             for stream in listener.incoming().flatten() {
                 let service = service.clone();
                 std::thread::spawn(move || {
@@ -76,6 +84,7 @@ impl Rig {
             .arg(dir.join("agent.sock"))
             .arg("--cgroup-root")
             .arg(dir.join("cgroup"))
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .expect("agent starts");
@@ -84,7 +93,12 @@ impl Rig {
             .read_line(&mut ready)
             .expect("agent speaks");
         assert!(ready.starts_with("mempart-agent: ready"), "{ready}");
-        Rig { dir, engine, agent }
+        Rig {
+            dir,
+            engine,
+            service,
+            agent,
+        }
     }
 
     fn mpctl(&self, uid: u32, args: &[&str]) -> Output {
@@ -433,4 +447,93 @@ fn mpctl_follows_events_in_order_through_the_agent() {
     assert!(rest[0].starts_with("1 ChildCreated"), "{rest:?}");
     assert_eq!(rest[1], "2 ConfigChanged");
     assert!(rest[2].starts_with("3 ChildDestroyed"), "{rest:?}");
+}
+
+/// The agent reports each mirrored partition's use from `memory.current`, and a host
+/// reclaim reaches the guest: the lower max lands in `memory.max` and the use reported
+/// after it lets the reclaim take effect.
+#[test]
+fn the_agent_reports_cgroup_use_and_mirrors_a_host_reclaim() {
+    use devices::virtio::balloon::Balloon;
+    use mempart::{EventFilter, EventKind};
+    use protocol::{Client, Op, Reply, ServerFrame};
+    use std::os::unix::net::UnixStream;
+    const APPS: &str = "/partition/mem/sysram/apps";
+    // Reports follow limit changes only: no periodic report interferes.
+    let rig = Rig::with_args("reclaim", &["--report-interval", "3600"]);
+    rig.ok(0, &["create", APPS, "--max", "64M"]);
+    let current = rig.dir.join("cgroup/mempart/apps/memory.current");
+    let mut watcher =
+        Client::connect(UnixStream::connect(rig.dir.join("service.sock")).expect("service"))
+            .expect("handshake");
+    let filter = EventFilter {
+        threshold: Some(20 * MIB),
+        config: false,
+        processes: false,
+        children: false,
+        ..EventFilter::default()
+    };
+    let op = Op::Subscribe {
+        path: APPS.into(),
+        filter,
+        capacity: 16,
+    };
+    let subscribed = watcher.call(&Credential::guest_root(), op).expect("io");
+    assert!(
+        matches!(subscribed, Ok(Reply::Subscribed(_))),
+        "{subscribed:?}"
+    );
+    let mut next_size = || match watcher.next_event().expect("event") {
+        ServerFrame::Event { event, .. } => event.kind,
+        other => panic!("{other:?}"),
+    };
+    let (_balloon, handle) =
+        Balloon::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+    let reclaimer =
+        vmm::reclaim::Reclaimer::new(Arc::clone(&rig.engine), rig.service.clone(), handle);
+
+    std::fs::write(&current, format!("{}\n", 40 * MIB)).expect("memory.current");
+    reclaimer
+        .set_limits(APPS, None, Some(48 * MIB))
+        .expect("host change");
+    assert_eq!(
+        next_size(),
+        EventKind::Threshold {
+            threshold: 20 * MIB,
+            size: 40 * MIB,
+            up: true
+        },
+        "the agent reported the cgroup's use after the change"
+    );
+
+    std::fs::write(&current, format!("{}\n", 10 * MIB)).expect("memory.current");
+    let status = reclaimer
+        .start(APPS, 16 * MIB, std::time::Duration::from_secs(60))
+        .expect("reclaim");
+    assert_eq!(status.state, vmm::reclaim::ReclaimState::Running);
+    assert_eq!(
+        next_size(),
+        EventKind::Threshold {
+            threshold: 20 * MIB,
+            size: 10 * MIB,
+            up: false
+        }
+    );
+    let max = std::fs::read_to_string(rig.dir.join("cgroup/mempart/apps/memory.max"))
+        .expect("memory.max");
+    assert_eq!(
+        max,
+        format!("{}\n", 16 * MIB),
+        "the guest enforces the lower max"
+    );
+    let m = rig
+        .engine
+        .lock()
+        .expect("engine")
+        .metrics(&Credential::Host, APPS)
+        .expect("apps");
+    assert_eq!(
+        (m.current.limits.max, m.pending_max, m.used),
+        (16 * MIB, None, 10 * MIB)
+    );
 }

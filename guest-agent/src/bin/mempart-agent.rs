@@ -10,8 +10,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -40,6 +41,18 @@ struct Args {
     /// Do not mirror partitions into cgroups.
     #[arg(long)]
     no_cgroups: bool,
+    /// Seconds between reports of each mirrored partition's use (from `memory.current`)
+    /// to the VMM; a change of limits is followed by a report at once.
+    #[arg(long, default_value_t = 2.0)]
+    report_interval: f64,
+}
+
+/// What the cgroup mirror's thread does next.
+enum MirrorWork {
+    /// Sync, then give a client the response to its mutating request.
+    Deliver(u64, ServerFrame),
+    /// Sync because a partition's configuration changed (a reclaim, a host change).
+    Resync,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,6 +87,8 @@ struct Routes {
     clients: HashMap<u64, Arc<Mutex<UnixStream>>>,
     /// Processes the agent has registered, so a child can inherit from its parent.
     registered: HashSet<u32>,
+    /// The agent's own subscriptions (configuration of mirrored partitions), by path.
+    own_subs: HashMap<String, SubId>,
 }
 
 /// Most processes the agent remembers having registered.
@@ -91,7 +106,7 @@ struct Agent {
     upstream: Writer,
     routes: Mutex<Routes>,
     /// Mutating responses held until the cgroup mirror has caught up (when mirroring).
-    mirror_queue: Option<Sender<(u64, ServerFrame)>>,
+    mirror_queue: Option<Sender<MirrorWork>>,
 }
 
 /// Stack size of the threads that wait for a process to exit (they only block in poll).
@@ -148,8 +163,9 @@ impl Agent {
         rx.recv().context("the upstream ended")
     }
 
-    /// Reads the sysram tree from the service and writes it into the cgroup mirror.
-    fn sync_mirror(&self, mirror: &CgroupMirror) -> anyhow::Result<()> {
+    /// Reads the sysram tree from the service, writes it into the cgroup mirror, and
+    /// follows the configuration of partitions it has not followed yet. Returns the tree.
+    fn sync_mirror(&self, mirror: &CgroupMirror) -> anyhow::Result<Vec<Node>> {
         let mut nodes = Vec::new();
         let mut todo = vec![String::new()];
         while let Some(rel) = todo.pop() {
@@ -182,17 +198,85 @@ impl Agent {
                 }
             }
         }
-        mirror.apply(&nodes).context("writing the cgroup mirror")
+        mirror.apply(&nodes).context("writing the cgroup mirror")?;
+        for node in &nodes {
+            let path = format!("/partition/mem/sysram/{}", node.rel);
+            if lock(&self.routes).own_subs.contains_key(&path) {
+                continue;
+            }
+            let filter = protocol::EventFilter {
+                config: true,
+                processes: false,
+                children: false,
+                violations: false,
+                threshold: None,
+                delta: None,
+            };
+            let op = Op::Subscribe {
+                path: path.clone(),
+                filter,
+                capacity: 16,
+            };
+            if let Ok(Reply::Subscribed(sub)) = self.ask(op)? {
+                lock(&self.routes).own_subs.insert(path, sub);
+            }
+        }
+        let present: HashSet<String> = nodes
+            .iter()
+            .map(|n| format!("/partition/mem/sysram/{}", n.rel))
+            .collect();
+        lock(&self.routes)
+            .own_subs
+            .retain(|path, _| present.contains(path));
+        Ok(nodes)
     }
 
-    /// Keeps the cgroup mirror in step: after each mutating request, before its client
-    /// hears the answer.
-    fn run_mirror(&self, mirror: &CgroupMirror, queue: Receiver<(u64, ServerFrame)>) {
-        for (client, frame) in queue {
-            if let Err(e) = self.sync_mirror(mirror) {
-                eprintln!("mempart-agent: cgroup mirror: {e:#}");
+    /// Keeps the cgroup mirror in step — after each mutating request, before its client
+    /// hears the answer, and after any configuration change of a mirrored partition —
+    /// and reports each mirrored partition's use to the VMM after each sync and every
+    /// `interval`.
+    fn run_mirror(
+        &self,
+        mirror: &CgroupMirror,
+        queue: Receiver<MirrorWork>,
+        mut nodes: Vec<Node>,
+        interval: Duration,
+    ) {
+        let mut reported = HashMap::new();
+        loop {
+            let work = match queue.recv_timeout(interval) {
+                Ok(work) => Some(work),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            if work.is_some() {
+                match self.sync_mirror(mirror) {
+                    Ok(fresh) => nodes = fresh,
+                    Err(e) => eprintln!("mempart-agent: cgroup mirror: {e:#}"),
+                }
             }
-            self.deliver(client, &frame);
+            self.report_usage(mirror, &nodes, &mut reported);
+            if let Some(MirrorWork::Deliver(client, frame)) = work {
+                self.deliver(client, &frame);
+            }
+        }
+    }
+
+    /// Tells the VMM each mirrored partition's own use that changed since the last report.
+    fn report_usage(
+        &self,
+        mirror: &CgroupMirror,
+        nodes: &[Node],
+        reported: &mut HashMap<String, u64>,
+    ) {
+        for (rel, own) in mirror.own_usage(nodes) {
+            if reported.get(&rel) == Some(&own) {
+                continue;
+            }
+            let path = format!("/partition/mem/sysram/{rel}");
+            if self.tell(Op::ReportUsage { path, own }).is_ok() {
+                reported.insert(rel, own);
+            }
         }
     }
 
@@ -226,7 +310,7 @@ impl Agent {
                             };
                             match &self.mirror_queue {
                                 Some(queue) if mutating && ok => {
-                                    let _ = queue.send((client, frame));
+                                    let _ = queue.send(MirrorWork::Deliver(client, frame));
                                     continue;
                                 }
                                 _ => (client, frame),
@@ -240,7 +324,13 @@ impl Agent {
                     },
                     ServerFrame::Event { sub, event } => match routes.subscriptions.get(&sub) {
                         Some(&client) => (client, ServerFrame::Event { sub, event }),
-                        None => continue,
+                        None => {
+                            let ours = routes.own_subs.values().any(|s| *s == sub);
+                            if let (true, Some(queue)) = (ours, &self.mirror_queue) {
+                                let _ = queue.send(MirrorWork::Resync);
+                            }
+                            continue;
+                        }
                     },
                     ServerFrame::Missed { sub, count } => match routes.subscriptions.get(&sub) {
                         Some(&client) => (client, ServerFrame::Missed { sub, count }),
@@ -412,6 +502,13 @@ fn main() -> anyhow::Result<()> {
         Some(path) => path,
         None => find_port()?,
     };
+    if !(args.report_interval.is_finite() && args.report_interval > 0.0) {
+        bail!(
+            "--report-interval {}: give a positive number of seconds",
+            args.report_interval
+        );
+    }
+    let interval = Duration::from_secs_f64(args.report_interval.min(86_400.0));
     let (mut reader, mut writer) = open_upstream(&upstream)?;
     write_frame(
         &mut writer,
@@ -453,11 +550,11 @@ fn main() -> anyhow::Result<()> {
     if let Some((mirror, queue)) = mirror {
         // The first sync enables the memory controller and builds the groups before any
         // client can run: changing that under running processes is what to avoid.
-        agent
+        let nodes = agent
             .sync_mirror(&mirror)
             .context("the first cgroup mirror")?;
         let agent = Arc::clone(&agent);
-        std::thread::spawn(move || agent.run_mirror(&mirror, queue));
+        std::thread::spawn(move || agent.run_mirror(&mirror, queue, nodes, interval));
     }
     // The ready line goes to standard output, so a supervisor can wait for it while
     // diagnostics keep going to standard error.
