@@ -18,7 +18,7 @@
 //! | `PUT /balloon` | body `{"target_pages": N}` |
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -83,17 +83,43 @@ struct BalloonBody {
     target_pages: u32,
 }
 
+/// A running API server; [`ApiServer::stop`] ends it and removes its socket.
+pub struct ApiServer {
+    server: Arc<Server>,
+    thread: JoinHandle<()>,
+    path: PathBuf,
+}
+
+impl ApiServer {
+    /// Stops answering (event streams already open run on until their clients leave),
+    /// waits for the server thread and removes the socket.
+    pub fn stop(self) {
+        let ApiServer {
+            server,
+            thread,
+            path,
+        } = self;
+        server.unblock();
+        let _ = thread.join();
+        // The last reference goes first: tiny_http wakes its accept thread through the socket.
+        drop(server);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Serves the API on `path` (replacing a stale socket) on its own thread.
 /// `config` is what `GET /config` reports.
-pub fn serve(path: &Path, vm: VmHandle, config: Value) -> std::io::Result<JoinHandle<()>> {
+pub fn serve(path: &Path, vm: VmHandle, config: Value) -> std::io::Result<ApiServer> {
     let _ = std::fs::remove_file(path);
     let server = Server::http_unix(path)
         .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-    std::thread::Builder::new()
+    let server = Arc::new(server);
+    let serving = Arc::clone(&server);
+    let thread = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
             let streams = Arc::new(AtomicUsize::new(0));
-            for request in server.incoming_requests() {
+            for request in serving.incoming_requests() {
                 let url = request.url().to_string();
                 let (path, query) = url.split_once('?').unwrap_or((&url, ""));
                 if *request.method() == Method::Get && path == "/events" {
@@ -102,7 +128,12 @@ pub fn serve(path: &Path, vm: VmHandle, config: Value) -> std::io::Result<JoinHa
                     answer(request, &vm, &config);
                 }
             }
-        })
+        })?;
+    Ok(ApiServer {
+        server,
+        thread,
+        path: path.to_path_buf(),
+    })
 }
 
 fn answer(mut request: Request, vm: &VmHandle, config: &Value) {

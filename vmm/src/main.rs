@@ -513,11 +513,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let started = std::time::Instant::now();
             let vm = Vm::new(config)?;
             let handle = vm.handle();
-            if let Some(path) = &api_sock {
-                vmm::api::serve(path, handle.clone(), effective)
-                    .with_context(|| format!("--api-sock {}", path.display()))?;
-            }
+            let api = match &api_sock {
+                Some(path) => Some(
+                    vmm::api::serve(path, handle.clone(), effective)
+                        .with_context(|| format!("--api-sock {}", path.display()))?,
+                ),
+                None => None,
+            };
             let exit = vm.run()?;
+            if let Some(api) = api {
+                api.stop();
+            }
             if exit.code() != 0 {
                 eprintln!("mempart-vmm: guest stopped: {exit:?}");
             }

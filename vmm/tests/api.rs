@@ -74,7 +74,8 @@ fn every_endpoint_and_malformed_requests() {
     let handle = vm.handle();
     let sock =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("api-{}.sock", std::process::id()));
-    vmm::api::serve(&sock, handle.clone(), serde_json::json!({ "cpus": 1 })).expect("api");
+    let api =
+        vmm::api::serve(&sock, handle.clone(), serde_json::json!({ "cpus": 1 })).expect("api");
     let running = std::thread::spawn(move || vm.run());
     assert_eq!(next_line(&rx), "guest: waiting");
 
@@ -302,6 +303,8 @@ fn every_endpoint_and_malformed_requests() {
     );
     assert_eq!(http(&sock, "GET", "/vm", "").0, 200, "the VMM is unharmed");
 
+    api.stop();
+    assert!(!sock.exists(), "the socket goes with the server");
     handle
         .write_sysram(0x80000, &1u64.to_le_bytes())
         .expect("mailbox");
