@@ -1,8 +1,9 @@
 /* The guest's /init. It mounts the pseudo file systems and then, by the kernel argument
  * mempart.init=:
  *   greet  finds the agent port by name, greets the VMM over it, waits for its "done";
- *   agent  starts mempart-agent on the port and runs each line of /etc/mpctl-script as
- *          an mpctl command, echoing it;
+ *   agent  starts mempart-agent on the port (with its cgroup mirror when
+ *          mempart.cgroups=on) and runs each line of mempart.script= (default
+ *          /etc/mpctl-script) as an mpctl command, echoing it;
  * and reboots (with reboot=k the VMM sees an i8042 reset and exits 0). */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -104,11 +105,14 @@ static int start_agent(int cgroups) {
     return strstr(buf, "ready") ? 0 : -1;
 }
 
-/* Runs every line of /etc/mpctl-script as mpctl arguments (split on spaces). */
-static void run_script(void) {
-    FILE *script = fopen("/etc/mpctl-script", "r");
+/* Runs every line of `path` as mpctl arguments (split on spaces), one after another:
+ * on kvm_pvm hosts concurrent guest processes have crashed (SIGSEGV), so nothing runs
+ * in the background. */
+static void run_script(const char *path) {
+    FILE *script = fopen(path, "r");
     if (!script) {
-        say("no /etc/mpctl-script");
+        printf("init: no %s\n", path);
+        fflush(stdout);
         return;
     }
     char line[512];
@@ -130,8 +134,26 @@ static void run_script(void) {
     fclose(script);
 }
 
-int main(void) {
+/* With `noxsave` (kvm_pvm hosts) the guest kernel saves only the SSE registers when it
+ * switches processes, while user code runs natively and sees AVX: glibc would pick AVX2
+ * string functions whose registers another process can clobber (seen as SIGSEGV in
+ * strncpy). So, once /proc is up, init re-runs itself with glibc's AVX use turned off,
+ * and every process it starts inherits that. */
+static void without_avx_under_noxsave(char **argv) {
+    char noxsave[8];
+    param("noxsave", "absent", noxsave, sizeof noxsave);
+    if (strcmp(noxsave, "absent") == 0 || getenv("GLIBC_TUNABLES")) return;
+    setenv("GLIBC_TUNABLES",
+           "glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,"
+           "-AVX_Fast_Unaligned_Load",
+           1);
+    execv("/init", argv);
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
     mount("proc", "/proc", "proc", 0, NULL);
+    without_avx_under_noxsave(argv);
     mount("sysfs", "/sys", "sysfs", 0, NULL);
     mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
     say("up");
@@ -142,7 +164,9 @@ int main(void) {
         setenv("MPCTL_SOCKET", "/run/mempart.sock", 1);
         char cg[8];
         param("mempart.cgroups=", "off", cg, sizeof cg);
-        if (start_agent(strcmp(cg, "on") == 0) == 0) run_script();
+        char script[128];
+        param("mempart.script=", "/etc/mpctl-script", script, sizeof script);
+        if (start_agent(strcmp(cg, "on") == 0) == 0) run_script(script);
         else say("the agent did not start");
         say("done");
         reboot(RB_AUTOBOOT);

@@ -267,3 +267,154 @@ fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
     let job = job.expect("the guest created the partition in the VMM's engine");
     assert_eq!(job.current.limits.max, 16 << 20);
 }
+
+/// The guest's enforcement and a host reclaim in real Linux, with the agent's cgroup
+/// mirror on (images/init/e2e-script): a process in a partition whose max is M that
+/// tries to use 2M is stopped by the guest kernel while a process in another partition
+/// carries on; then, with a process holding memory in that other partition, the host
+/// reclaims it: the agent tightens `memory.max`, the guest kills the holder, the use it
+/// reports shrinks, the balloon takes what was given back, and the VMM's resident
+/// memory drops. The guest runs one process at a time besides the agent (concurrent
+/// processes have crashed on kvm_pvm). M is 64 MiB on hardware KVM and 8 MiB on kvm_pvm, where each page
+/// fault is emulated (about 0.6 ms).
+#[test]
+fn guest_enforcement_and_host_reclaim_in_linux() {
+    let (Some(kernel), Some(initrd)) = (
+        env_path("MEMPART_TEST_KERNEL"),
+        env_path("MEMPART_TEST_INITRAMFS"),
+    ) else {
+        return;
+    };
+    if !kvm_available() {
+        return;
+    }
+    use mempart::Credential;
+    use vmm::reclaim::ReclaimState;
+    const MIB: u64 = 1 << 20;
+    const OTHER: &str = "/partition/mem/sysram/other";
+    let backend = Backend::detect();
+    let max_mib = if backend == Backend::KvmPvm { 8 } else { 64 };
+    let topology = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("e2e-reclaim-{}.toml", std::process::id()));
+    std::fs::write(
+        &topology,
+        format!(
+            "[[partition]]\npath = \"/partition/mem/sysram/small\"\nmax = \"{max_mib}M\"\n\
+             [[partition]]\npath = \"{OTHER}\"\n\
+             [[partition]]\npath = \"/partition/mem/sysram/session\"\n"
+        ),
+    )
+    .expect("topology");
+    let (mut config, rx) = linux_config(
+        kernel,
+        initrd,
+        "agent",
+        &["sysram=256M"],
+        Some(topology),
+        AgentEnd::Service,
+    );
+    config
+        .cmdline
+        .push_str(" mempart.cgroups=on mempart.script=/etc/e2e-script");
+    let started = Instant::now();
+    let vm = Vm::new(config).expect("vm");
+    let handle = vm.handle();
+    let running = std::thread::spawn(move || vm.run());
+    let mut console: Vec<String> = Vec::new();
+    // Reads the console until every one of `wanted` (line prefixes) has been seen since
+    // the start; returns the console so far.
+    let mut until = |wanted: &[&str]| loop {
+        if wanted
+            .iter()
+            .all(|w| console.iter().any(|l| l.starts_with(w)))
+        {
+            return console.join("\n");
+        }
+        let line = common::next_line(&rx);
+        eprintln!("console: {line}");
+        console.push(line);
+    };
+    let text = until(&["memhog: touched 4 MiB"]);
+    let small = text
+        .split("guest$ mpctl run --part /partition/mem/sysram/small")
+        .nth(1)
+        .and_then(|rest| rest.split("guest$").next())
+        .expect("the small partition's run");
+    assert!(
+        small.contains(&format!("touching {} MiB", 2 * max_mib)),
+        "memhog saw memory.max {max_mib} MiB:\n{text}"
+    );
+    assert!(
+        small.contains("init: mpctl exited with 137") && !small.contains("memhog: touched"),
+        "the guest kernel stopped the process at the partition's max:\n{text}"
+    );
+    let highest = handle.with_engine(|e| {
+        e.metrics(&Credential::Host, "/partition/mem/sysram/small")
+            .expect("small")
+            .highest
+    });
+    eprintln!(
+        "backend {}: the small partition's highest reported use {} KiB (max {max_mib} MiB)",
+        backend.name(),
+        highest >> 10
+    );
+    until(&["memhog: touched 6 MiB"]);
+    // The holder's memory is in the engine once the agent has reported it.
+    let service = handle.service();
+    let mut seen = service.generation();
+    let used = |h: &vmm::VmHandle| {
+        h.with_engine(|e| e.metrics(&Credential::Host, OTHER).expect("other").used)
+    };
+    let deadline = Instant::now() + GUARD;
+    while used(&handle) < 6 * MIB {
+        assert!(
+            Instant::now() < deadline,
+            "use never reported: {}",
+            used(&handle)
+        );
+        seen = service.wait_change(seen, GUARD);
+    }
+    let resident_before = handle.resident("sysram").expect("sysram");
+    let status = handle
+        .reclaimer()
+        .start(OTHER, MIB, std::time::Duration::from_secs(60))
+        .expect("reclaim");
+    // The guest kernel kills the holder; then the guest waits for the session's end.
+    until(&["subscribed"]);
+    let status = handle
+        .reclaimer()
+        .wait(status.id, GUARD, |s| s.state != ReclaimState::Running)
+        .expect("the reclaim");
+    eprintln!("reclaim: {status:?}");
+    assert_eq!(status.state, ReclaimState::Done, "{status:?}");
+    assert!(status.given_back >= 5 * MIB, "{status:?}");
+    let held = handle.balloon().status().inflated_pages * 4096;
+    assert_eq!(
+        held,
+        status.balloon_pages * 4096,
+        "the balloon holds what was given back"
+    );
+    let resident_after = handle.resident("sysram").expect("sysram");
+    assert!(
+        resident_after < resident_before,
+        "resident sysram went from {resident_before} to {resident_after}"
+    );
+    handle.with_engine(|e| {
+        e.destroy(&Credential::Host, "/partition/mem/sysram/session")
+            .expect("destroy session")
+    });
+    service.changed();
+    let text = until(&["init: done"]);
+    assert_eq!(
+        running.join().expect("vm thread").expect("vm ran"),
+        VmExit::Reset
+    );
+    assert!(text.contains("guest$ mpctl run --part /partition/mem/sysram/other -- /bin/memhog 4\nmemhog: 4 MiB\nmemhog: touched 4 MiB"), "{text}");
+    eprintln!(
+        "backend {}: boot, enforcement and reclaim in {:.1} s; resident sysram {} → {} KiB",
+        backend.name(),
+        started.elapsed().as_secs_f64(),
+        resident_before >> 10,
+        resident_after >> 10
+    );
+}
