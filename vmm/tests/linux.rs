@@ -193,7 +193,8 @@ fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
     std::fs::write(
         &topology,
         "[[partition]]\npath = \"/partition/mem/sysram/guaranteed\"\nmin = \"32M\"\nmode = 0o777\n\
-         [[partition]]\npath = \"/partition/mem/fast/sandbox\"\nmin = \"16M\"\nmax = \"16M\"\n",
+         [[partition]]\npath = \"/partition/mem/fast/sandbox\"\nmin = \"16M\"\nmax = \"16M\"\n\
+         [[partition]]\npath = \"/partition/mem/sysram/session\"\n",
     )
     .expect("topology");
     let (config, rx) = linux_config(
@@ -212,6 +213,14 @@ fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
     loop {
         let line = common::next_line(&rx);
         let done = line == "init: done";
+        if line.starts_with("subscribed") {
+            // The script's last command waits for the session's end, as the demo's does.
+            handle.with_engine(|e| {
+                e.destroy(&mempart::Credential::Host, "/partition/mem/sysram/session")
+                    .expect("destroy the session")
+            });
+            handle.service().changed();
+        }
         console.push(line);
         if done {
             break;
@@ -246,7 +255,7 @@ fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
     assert_eq!(after("ls /partition/mem"), vec!["sysram/", "fast/"]);
     assert_eq!(
         after("ls /partition/mem/sysram"),
-        vec!["guaranteed/", "sys/"]
+        vec!["guaranteed/", "session/", "sys/"]
     );
     assert!(after("stat /partition/mem/sysram/guaranteed")
         .contains(&"type         Guarantee".to_string()));
