@@ -2,6 +2,7 @@
 //! other end of a local socket.
 
 pub mod cgroup;
+pub mod devmem;
 pub mod exits;
 
 use std::os::fd::AsRawFd;

@@ -264,3 +264,66 @@ fn hostile_peers_end_their_own_connection_only() {
         .expect("io");
     assert!(matches!(listed, Ok(Reply::Entries(_))));
 }
+
+/// A subscriber whose queue overflows between two pushes is told how many events it
+/// missed, and the sequence numbers keep counting them.
+#[test]
+fn an_overflowing_subscriber_gets_a_missed_count_and_a_gap_in_sequence_numbers() {
+    let service = service();
+    let mut actor = client(&service, Authority::Host);
+    let mut watcher = client(&service, Authority::Host);
+    assert_eq!(
+        actor
+            .call(&Credential::Host, open("/partition/mem/sysram/p"))
+            .expect("io"),
+        Ok(Reply::Done)
+    );
+    let sub = Op::Subscribe {
+        path: "/partition/mem/sysram/p".into(),
+        filter: EventFilter::default(),
+        capacity: 1,
+    };
+    let Ok(Reply::Subscribed(sub)) = watcher.call(&Credential::Host, sub).expect("io") else {
+        panic!("no subscription");
+    };
+    let report = Op::ReportUsage {
+        path: "/partition/mem/sysram/p".into(),
+        own: 4 << 20,
+    };
+    assert_eq!(
+        actor.call(&Credential::Host, report).expect("io"),
+        Ok(Reply::Done)
+    );
+    // One request, two events (the configuration changed, a reclaim is asked for): the
+    // second finds the one-slot queue full.
+    let lower = Op::SetLimits {
+        path: "/partition/mem/sysram/p".into(),
+        min: None,
+        max: Some(1 << 20),
+        reclaim: true,
+    };
+    assert!(matches!(
+        actor.call(&Credential::Host, lower).expect("io"),
+        Ok(Reply::Outcome(_))
+    ));
+    assert_eq!(
+        actor
+            .call(&Credential::Host, open("/partition/mem/sysram/p/c"))
+            .expect("io"),
+        Ok(Reply::Done)
+    );
+    let mut frames = Vec::new();
+    while frames.len() < 3 {
+        frames.push(watcher.next_event().expect("frame"));
+    }
+    assert_eq!(frames[0], ServerFrame::Missed { sub, count: 1 });
+    let ServerFrame::Event { event, .. } = &frames[1] else {
+        panic!("{frames:?}");
+    };
+    assert_eq!((event.seq, event.kind), (1, EventKind::ConfigChanged));
+    let ServerFrame::Event { event, .. } = &frames[2] else {
+        panic!("{frames:?}");
+    };
+    assert_eq!(event.seq, 3, "the missed event kept its number");
+    assert!(matches!(event.kind, EventKind::ChildCreated { .. }));
+}

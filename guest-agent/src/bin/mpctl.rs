@@ -1,6 +1,7 @@
 //! `mpctl`: the guest's command line for memory partitions, through `mempart-agent`.
 //!
-//! Exit codes: 0 done; 1 the service refused (the errno and the path are printed);
+//! Exit codes: 0 done; 1 the service refused (the errno and the path are printed), or
+//! typed memory could not be mapped;
 //! 2 bad arguments; 3 the agent cannot be reached or broke the protocol.
 
 use std::os::unix::net::UnixStream;
@@ -144,6 +145,10 @@ enum Cmd {
         class: String,
         /// Bytes (e.g. 4M).
         size: String,
+        /// Map a typed extent through /dev/mem, write every page and read it back; then
+        /// read the page just past it, which the VMM must refuse (a reported violation).
+        #[arg(long)]
+        touch: bool,
     },
     /// Follow a partition's or class's events until interrupted.
     Events {
@@ -178,6 +183,8 @@ enum Failure {
     Usage(String),
     Refused(WireError),
     Agent(String),
+    /// Something in this guest failed (mapping typed memory).
+    Local(String),
 }
 
 impl From<protocol::ProtocolError> for Failure {
@@ -402,7 +409,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let err = std::process::Command::new(program).args(args).exec();
             return Err(Failure::Usage(format!("{program}: {err}")));
         }
-        Cmd::Alloc { class, size: s } => {
+        Cmd::Alloc {
+            class,
+            size: s,
+            touch,
+        } => {
             let bytes = size(&s).map_err(Failure::Usage)?;
             if let Reply::Granted {
                 grant: Grant { bytes, .. },
@@ -418,6 +429,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     println!("granted {} at guest-physical 0x{gpa:x}", human(bytes));
                 } else {
                     println!("granted {}", human(bytes));
+                }
+                if let (true, Some(gpa)) = (touch, gpa) {
+                    touch_extent(gpa, bytes)?;
                 }
             }
         }
@@ -486,5 +500,36 @@ fn main() -> ExitCode {
             eprintln!("mpctl: agent: {msg}");
             ExitCode::from(3)
         }
+        Err(Failure::Local(msg)) => {
+            eprintln!("mpctl: {msg}");
+            ExitCode::from(1)
+        }
     }
+}
+
+/// Writes a distinct word into every page of the extent at `gpa` through `/dev/mem` and
+/// reads them back, then reads the first word past the extent (not granted: the VMM
+/// refuses it below the guest, and reads of refused memory come back as all ones).
+fn touch_extent(gpa: u64, bytes: u64) -> Result<(), Failure> {
+    use guest_agent::devmem::PhysMapping;
+    let io = |what: &str, e: std::io::Error| {
+        Failure::Local(format!("/dev/mem at 0x{gpa:x}: {what}: {e}"))
+    };
+    let len = usize::try_from(bytes).map_err(|_| Failure::Usage(format!("{bytes}: too large")))?;
+    let extent = PhysMapping::new(gpa, len).map_err(|e| io("mapping the extent", e))?;
+    let pages = extent.words() / 512;
+    for page in 0..pages {
+        extent.write(page * 512, 0x6d70_0000_0000_0000 | page as u64);
+    }
+    let good = (0..pages)
+        .filter(|&page| extent.read(page * 512) == Some(0x6d70_0000_0000_0000 | page as u64))
+        .count();
+    println!("wrote and read back {good} of {pages} pages");
+    let beyond =
+        PhysMapping::new(gpa + bytes, 4096).map_err(|e| io("mapping past the extent", e))?;
+    match beyond.read(0) {
+        Some(word) => println!("past the extent: read 0x{word:x}"),
+        None => println!("past the extent: nothing mapped"),
+    }
+    Ok(())
 }
