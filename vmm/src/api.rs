@@ -8,7 +8,8 @@
 //! | `GET /config` | the configuration the VM runs with |
 //! | `GET /metrics` | Prometheus text: per class and per partition |
 //! | `GET /partition/mem/...` | a partition's or class's metrics; `?list` lists instead |
-//! | `POST /partition/mem/...` | create, body `{"min": N, "max": N, "mode": N}` (all optional) |
+//! | `POST /partition/mem/...` | create, body `{"min": N, "max": N, "mode": N}` (all optional); in a group, `{"link": P}` makes a pseudo partition naming P |
+//! | `PATCH /partition/mem/...` with `mode`, `uid` and `gid`, or `policy` | chmod, chown, set a one-way policy |
 //! | `PATCH /partition/mem/...` | change limits, body `{"min": N, "max": N}`; raising a sysram max deflates what reclaims ballooned |
 //! | `PATCH /partition/mem/...` with `"reclaim": true` | start a reclaim, body `{"max": N, "reclaim": true, "deadline_ms": N}`: 202 and its status |
 //! | `GET /reclaim`, `GET /reclaim/{id}` | reclaims' progress |
@@ -58,6 +59,8 @@ struct CreateBody {
     min: Option<u64>,
     max: Option<u64>,
     mode: Option<u32>,
+    /// Makes the new node a pseudo partition naming this real partition.
+    link: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +71,10 @@ struct LimitsBody {
     #[serde(default)]
     reclaim: bool,
     deadline_ms: Option<u64>,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    policy: Option<mempart::Policy>,
 }
 
 /// Most event streams served at once.
@@ -255,6 +262,16 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
                     },
                     Method::Post => {
                         let b: CreateBody = parse(if body.is_empty() { b"{}" } else { body })?;
+                        if let Some(target) = b.link {
+                            if b.min.is_some() || b.max.is_some() || b.mode.is_some() {
+                                return Err(ApiError(
+                                    400,
+                                    "a pseudo partition (link) takes no min, max or mode".into(),
+                                ));
+                            }
+                            e.link(&host, &p, &target)?;
+                            return json_answer(json!({ "linked": p, "target": target }));
+                        }
                         let limits = Limits {
                             min: b.min.unwrap_or(0),
                             max: b.max.unwrap_or(UNLIMITED),
@@ -285,8 +302,38 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
     }
 }
 
-/// Changes limits: a reclaim when asked (202 and its status), otherwise at once.
+/// Changes one thing: limits (a reclaim when asked: 202 and its status), the mode, the
+/// owner, or a policy.
 fn patch(vm: &VmHandle, path: &str, b: LimitsBody) -> Answer {
+    let limits = b.min.is_some() || b.max.is_some() || b.reclaim;
+    let owner = b.uid.is_some() || b.gid.is_some();
+    let kinds = [limits, b.mode.is_some(), owner, b.policy.is_some()];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err(ApiError(
+            400,
+            "give one change: limits (min, max, reclaim), mode, uid and gid, or policy".into(),
+        ));
+    }
+    let host = Credential::Host;
+    let changed = |what: Value| {
+        vm.service().changed();
+        json_answer(what)
+    };
+    if let Some(mode) = b.mode {
+        vm.with_engine(|e| e.chmod(&host, path, mode))?;
+        return changed(json!({ "mode": mode }));
+    }
+    if owner {
+        let (Some(uid), Some(gid)) = (b.uid, b.gid) else {
+            return Err(ApiError(400, "uid and gid go together".into()));
+        };
+        vm.with_engine(|e| e.chown(&host, path, uid, gid))?;
+        return changed(json!({ "uid": uid, "gid": gid }));
+    }
+    if let Some(policy) = b.policy {
+        vm.with_engine(|e| e.set_policy(&host, path, policy))?;
+        return changed(json!({ "policy": policy }));
+    }
     if !b.reclaim {
         if b.deadline_ms.is_some() {
             return Err(ApiError(400, "deadline_ms goes with reclaim".into()));

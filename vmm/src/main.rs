@@ -231,10 +231,38 @@ enum Verb {
         /// The path.
         path: String,
     },
-    /// Destroy a partition.
+    /// Destroy a partition, group or pseudo partition.
     Destroy {
         /// The path.
         path: String,
+    },
+    /// Change mode bits (octal), as the host.
+    Chmod {
+        /// Mode, e.g. 750.
+        mode: String,
+        /// The path.
+        path: String,
+    },
+    /// Change owner and group (UID:GID), as the host.
+    Chown {
+        /// Owner and group, numeric.
+        owner: String,
+        /// The path.
+        path: String,
+    },
+    /// Set a one-way policy: terminal, config_lock or permanent.
+    Policy {
+        /// The path.
+        path: String,
+        /// The policy.
+        policy: String,
+    },
+    /// Create a pseudo partition in a group naming a real partition.
+    Pseudo {
+        /// /partition/mem/<group>/<name>.
+        pseudo: String,
+        /// The real partition.
+        target: String,
     },
     /// Prometheus metrics.
     Metrics,
@@ -293,6 +321,28 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCod
             return Ok(ExitCode::SUCCESS);
         }
         Verb::Destroy { path } => ("DELETE", path.clone(), String::new()),
+        Verb::Chmod { mode, path } => {
+            let mode = u32::from_str_radix(mode, 8)
+                .map_err(|_| anyhow::anyhow!("mode {mode:?} is not octal"))?;
+            let body = serde_json::json!({ "mode": mode });
+            ("PATCH", path.clone(), body.to_string())
+        }
+        Verb::Chown { owner, path } => {
+            let (uid, gid) = owner
+                .split_once(':')
+                .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)))
+                .ok_or_else(|| anyhow::anyhow!("owner {owner:?} is not UID:GID"))?;
+            let body = serde_json::json!({ "uid": uid, "gid": gid });
+            ("PATCH", path.clone(), body.to_string())
+        }
+        Verb::Policy { path, policy } => {
+            let body = serde_json::json!({ "policy": policy });
+            ("PATCH", path.clone(), body.to_string())
+        }
+        Verb::Pseudo { pseudo, target } => {
+            let body = serde_json::json!({ "link": target });
+            ("POST", pseudo.clone(), body.to_string())
+        }
         Verb::Metrics => ("GET", "/metrics".to_string(), String::new()),
         Verb::Balloon { target: Some(t) } => (
             "PUT",

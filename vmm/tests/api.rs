@@ -278,6 +278,26 @@ fn every_endpoint_and_malformed_requests() {
         ("GET", "/reclaim/99", "", 404),
         ("GET", "/reclaim/x", "", 400),
         ("GET", "/events", "", 400),
+        (
+            "PATCH",
+            "/partition/mem/fast/r",
+            r#"{"mode": 448, "max": 0}"#,
+            400,
+        ),
+        ("PATCH", "/partition/mem/fast/r", r#"{"uid": 1}"#, 400),
+        (
+            "PATCH",
+            "/partition/mem/fast/r",
+            r#"{"policy": "sticky"}"#,
+            400,
+        ),
+        ("PATCH", "/partition/mem/fast/r", r#"{"mode": 4096}"#, 400),
+        (
+            "POST",
+            "/partition/mem/fast/r/p",
+            r#"{"link": "/partition/mem/fast/r", "min": 1}"#,
+            400,
+        ),
         ("GET", "/events?path=/partition/mem/fast/nope", "", 404),
     ] {
         let (status, body) = http(&sock, method, path, body);

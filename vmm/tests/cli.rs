@@ -319,6 +319,39 @@ fn ctl_queries_and_reshapes_a_running_vm() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(next_event()["kind"], "destroyed");
     assert!(events.wait().expect("ctl events ends").success());
+    for args in [
+        &["chmod", "750", "/partition/mem/fast/x"][..],
+        &["chown", "1000:100", "/partition/mem/fast/x"],
+        &["policy", "/partition/mem/fast/x", "terminal"],
+        &["create", "/partition/mem/team"],
+        &[
+            "pseudo",
+            "/partition/mem/team/fast",
+            "/partition/mem/fast/x",
+        ],
+    ] {
+        let out = ctl(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = ctl(&["--json", "stat", "/partition/mem/fast/x"]);
+    let x: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        x["current"]["perm"],
+        serde_json::json!({ "uid": 1000, "gid": 100, "mode": 0o750 })
+    );
+    assert_eq!(x["current"]["policies"]["terminal"], true);
+    let out = ctl(&["ls", "/partition/mem/team"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "fast/\n");
+    let out = ctl(&["policy", "/partition/mem/fast/x", "sticky"]);
+    assert_eq!(out.status.code(), Some(1), "an unknown policy is refused");
+    let out = ctl(&["chown", "1000", "/partition/mem/fast/x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UID:GID"));
     let out = ctl(&["balloon", "--target", "128"]);
     assert_eq!(out.status.code(), Some(0));
     let out = ctl(&["--json", "balloon"]);
