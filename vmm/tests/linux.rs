@@ -267,6 +267,17 @@ fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
         "a typed allocation is backed by an extent at the start of the class"
     );
     assert!(after("stat /partition/mem/fast/sandbox").contains(&"type         Sandbox".to_string()));
+    assert_eq!(
+        after("ls /partition/mem/team"),
+        vec!["ram -> /partition/mem/sysram/guaranteed"]
+    );
+    let via_group = after(
+        "run --part /partition/mem/team -- /bin/mpctl metrics /partition/mem/sysram/guaranteed",
+    );
+    assert!(
+        via_group.contains(&"processes    1".to_string()),
+        "associating with the group associated with its member: {via_group:?}"
+    );
     let job = handle.with_engine(|e| {
         e.metrics(
             &mempart::Credential::Host,
@@ -274,7 +285,22 @@ fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
         )
     });
     let job = job.expect("the guest created the partition in the VMM's engine");
-    assert_eq!(job.current.limits.max, 16 << 20);
+    assert_eq!(job.current.limits.max, 24 << 20, "as set from inside");
+    assert_eq!(
+        (
+            job.current.perm.mode,
+            job.current.perm.uid,
+            job.current.perm.gid
+        ),
+        (0o770, 1000, 1000)
+    );
+    assert!(job.current.policies.config_lock);
+    let team = handle.with_engine(|e| e.list(&mempart::Credential::Host, "/partition/mem/team"));
+    assert_eq!(
+        team.expect("the group").len(),
+        0,
+        "the pseudo partition was destroyed"
+    );
 }
 
 /// Typed memory, the guest's enforcement and a host reclaim in real Linux, with the
