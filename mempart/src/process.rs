@@ -229,6 +229,12 @@ impl Engine {
         }
     }
 
+    /// Whether `cred` may act for process `pid` (allocate or free on its behalf):
+    /// `ESRCH` for an unknown process, `EPERM` for another user's.
+    pub fn may_act_for(&self, cred: &Credential, pid: Pid) -> Result<()> {
+        self.controlled_process(cred, pid).map(|_| ())
+    }
+
     fn controlled_process(&self, cred: &Credential, pid: Pid) -> Result<&Process> {
         let proc = self.process(pid)?;
         let (uid, _) = proc.cred.owner();

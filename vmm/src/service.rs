@@ -209,7 +209,10 @@ impl PartitionService {
             let writer = Arc::clone(&writer);
             let subs = Arc::clone(&subs);
             let done = Arc::clone(&done);
-            std::thread::spawn(move || service.push_events(&writer, &subs, &done))
+            // Read now, not when the thread gets going: a change made before then (by
+            // this connection's first requests) must still wake it.
+            let seen = self.generation();
+            std::thread::spawn(move || service.push_events(&writer, &subs, &done, seen))
         };
         let end = loop {
             let frame = match read_frame(&mut reader) {
@@ -245,14 +248,15 @@ impl PartitionService {
         end
     }
 
-    /// Pushes the connection's events whenever the engine changes, until `done`.
+    /// Pushes the connection's events whenever the engine changes after generation
+    /// `seen`, until `done`.
     fn push_events<W: Write>(
         &self,
         writer: &Mutex<W>,
         subs: &Mutex<BTreeSet<SubId>>,
         done: &Mutex<bool>,
+        mut seen: u64,
     ) {
-        let mut seen = *lock(&self.changes.generation);
         loop {
             {
                 let mut generation = lock(&self.changes.generation);
@@ -408,6 +412,7 @@ impl PartitionService {
                 Reply::Done
             }
             Op::Allocate { pid, class, bytes } => {
+                e.may_act_for(caller, pid)?;
                 let id = e.class_id(&class).ok_or_else(|| {
                     mempart::Error::new(
                         Errno::Enoent,
@@ -450,6 +455,7 @@ impl PartitionService {
                 Reply::Done
             }
             Op::Free { pid, grant } => {
+                e.may_act_for(caller, pid)?;
                 e.free(pid, grant)?;
                 let extent = {
                     let mut extents = lock(&self.extents);
