@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod devmem;
 pub mod exits;
+pub mod forks;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;

@@ -537,3 +537,61 @@ fn the_agent_reports_cgroup_use_and_mirrors_a_host_reclaim() {
         (16 * MIB, None, 10 * MIB)
     );
 }
+
+/// A process forked by a tracked one is tracked too, though it never talks to the agent:
+/// the agent hears of the fork from the kernel's process events connector, and the child
+/// inherits its parent's partitions.
+#[test]
+fn a_child_that_never_talks_to_the_agent_is_tracked_from_its_fork() {
+    let rig = Rig::new("forks");
+    rig.ok(0, &["create", "/partition/mem/sysram/apps"]);
+    let mut run = Command::new(binary("mpctl"))
+        .env("MPCTL_SOCKET", rig.dir.join("agent.sock"))
+        .args([
+            "run",
+            "--part",
+            "/partition/mem/sysram/apps",
+            "--",
+            "/bin/sh",
+            "-c",
+            "sleep 600 & echo $!; wait",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mpctl run");
+    let mut line = String::new();
+    BufReader::new(run.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the child's pid");
+    let child: u32 = line.trim().parse().expect("a pid");
+    let service = rig.service.clone();
+    let mut seen = service.generation();
+    let tracked = |engine: &Arc<Mutex<Engine>>| {
+        engine
+            .lock()
+            .expect("engine")
+            .process_partitions(child)
+            .ok()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let view = loop {
+        if let Some(view) = tracked(&rig.engine) {
+            break view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never registered the forked child {child}"
+        );
+        seen = service.wait_change(seen, std::time::Duration::from_secs(60));
+    };
+    assert!(
+        view.iter().any(|a| a.path == "/partition/mem/sysram/apps"),
+        "the child inherited its parent's partition: {view:?}"
+    );
+    let killed = Command::new("kill")
+        .arg(child.to_string())
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let _ = run.wait();
+}

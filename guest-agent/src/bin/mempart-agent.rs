@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use guest_agent::cgroup::{CgroupMirror, Node};
 use guest_agent::exits::PidFd;
+use guest_agent::forks::ForkEvents;
 use guest_agent::{groups_of, peer_of, Peer, DEFAULT_SOCKET};
 use protocol::{
     read_frame, write_frame, ClientFrame, Credential, EntryKind, Op, Reply, ServerFrame, Spawn,
@@ -41,6 +42,10 @@ struct Args {
     /// Do not mirror partitions into cgroups.
     #[arg(long)]
     no_cgroups: bool,
+    /// Do not follow forks through the kernel's process events connector (then only
+    /// processes that talk to the agent are tracked).
+    #[arg(long)]
+    no_fork_events: bool,
     /// Seconds between reports of each mirrored partition's use (from `memory.current`)
     /// to the VMM; a change of limits is followed by a report at once.
     #[arg(long, default_value_t = 2.0)]
@@ -93,6 +98,16 @@ struct Routes {
 
 /// Most processes the agent remembers having registered.
 const MAX_REGISTERED: usize = 1 << 16;
+
+/// The effective uid and gid of `pid`, from `/proc/<pid>/status`.
+fn owner_of(pid: u32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let effective = |key: &str| -> Option<u32> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(2)?.parse().ok()
+    };
+    Some((effective("Uid:")?, effective("Gid:")?))
+}
 
 /// The parent of `pid`, from `/proc/<pid>/stat`.
 fn parent_of(pid: u32) -> Option<u32> {
@@ -371,6 +386,45 @@ impl Agent {
         Ok(())
     }
 
+    /// Registers every process forked by a registered one, inheriting from its parent,
+    /// as the kernel reports forks; runs until the connector fails.
+    fn follow_forks(self: &Arc<Self>, events: &ForkEvents) {
+        loop {
+            let fork = match events.next() {
+                Ok(fork) => fork,
+                Err(e) => {
+                    eprintln!("mempart-agent: process events: {e}; forks are no longer followed");
+                    return;
+                }
+            };
+            let new = {
+                let mut routes = lock(&self.routes);
+                routes.registered.contains(&fork.parent)
+                    && routes.registered.len() < MAX_REGISTERED
+                    && routes.registered.insert(fork.child)
+            };
+            if !new {
+                continue;
+            }
+            let Some((uid, gid)) = owner_of(fork.child) else {
+                // Gone already: nothing to track.
+                lock(&self.routes).registered.remove(&fork.child);
+                continue;
+            };
+            let start = Op::ProcessStart {
+                pid: fork.child,
+                parent: Some(fork.parent),
+                spawn: Spawn::Inherit,
+            };
+            let registered = self
+                .send(Route::Drop, &Credential::guest(uid, gid), start)
+                .and_then(|()| self.watch_exit(fork.child));
+            if let Err(e) = registered {
+                eprintln!("mempart-agent: pid {}: {e:#}", fork.child);
+            }
+        }
+    }
+
     /// Serves one local client until it leaves.
     fn serve_client(self: &Arc<Self>, client: u64, stream: UnixStream) -> anyhow::Result<()> {
         let peer: Peer = peer_of(&stream).context("SO_PEERCRED")?;
@@ -555,6 +609,17 @@ fn main() -> anyhow::Result<()> {
             .context("the first cgroup mirror")?;
         let agent = Arc::clone(&agent);
         std::thread::spawn(move || agent.run_mirror(&mirror, queue, nodes, interval));
+    }
+    if !args.no_fork_events {
+        match ForkEvents::listen() {
+            Ok(events) => {
+                let agent = Arc::clone(&agent);
+                std::thread::spawn(move || agent.follow_forks(&events));
+            }
+            Err(e) => eprintln!(
+                "mempart-agent: process events connector: {e}; only processes that talk to the agent are tracked"
+            ),
+        }
     }
     // The ready line goes to standard output, so a supervisor can wait for it while
     // diagnostics keep going to standard error.
