@@ -54,12 +54,17 @@ pub fn request(sock: &Path, method: &str, path: &str, body: &str) -> Result<Stri
     if (200..300).contains(&status) {
         Ok(body)
     } else {
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or(body);
-        Err(CtlError::Refused { status, message })
+        Err(refusal(status, body))
     }
+}
+
+/// The API's refusal: its status and the message of its JSON error (or the body).
+fn refusal(status: u16, body: String) -> CtlError {
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or(body);
+    CtlError::Refused { status, message }
 }
 
 /// Follows `GET /events?path=…`: calls `each` with every event line (heartbeat blank
@@ -104,11 +109,7 @@ pub fn follow_events(
     if status != 200 {
         let mut body = String::new();
         reader.read_to_string(&mut body).map_err(io)?;
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or(body);
-        return Err(CtlError::Refused { status, message });
+        return Err(refusal(status, body));
     }
     let body = std::io::BufReader::new(chunked_transfer::Decoder::new(reader));
     for event in body.lines() {

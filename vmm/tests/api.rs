@@ -8,12 +8,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::channel;
 
-use common::{guest, kvm_available, next_line, Lines};
-use vmm::config::{parse_class, with_sysram, AgentEnd};
-use vmm::{SerialOut, Vm, VmConfig, VmExit};
+use common::{guest, kvm_available, next_line};
+use vmm::{Vm, VmExit};
 
 /// One request on a fresh connection: (status, body).
 fn http(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -54,22 +53,7 @@ fn every_endpoint_and_malformed_requests() {
     if !kvm_available() {
         return;
     }
-    let (tx, rx) = channel();
-    let classes = ["sysram=64M", "fast=16M"]
-        .iter()
-        .map(|c| parse_class(c).expect("class"))
-        .collect();
-    let config = VmConfig {
-        kernel: guest("wait"),
-        initrd: None,
-        cmdline: String::new(),
-        cpus: 1,
-        classes: with_sysram(classes).expect("classes"),
-        topology: None,
-        serial: SerialOut::Writer(Box::new(Lines::new(tx))),
-        kvm_device: PathBuf::from("/dev/kvm"),
-        agent_end: AgentEnd::Raw,
-    };
+    let (config, rx) = common::tiny_config(guest("wait"), 1, &["sysram=64M", "fast=16M"]);
     let vm = Vm::new(config).expect("vm");
     let handle = vm.handle();
     let sock =

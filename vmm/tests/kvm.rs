@@ -7,33 +7,16 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 
-use common::{guest, kvm_available, next_line, Lines};
-use vmm::config::{parse_class, with_sysram, AgentEnd};
-use vmm::{Backend, SerialOut, Vm, VmConfig, VmExit};
+use common::{guest, kvm_available, next_line};
+use vmm::{Backend, Vm, VmConfig, VmExit};
 
 const MAILBOX: u64 = 0x80000;
 const MIB: u64 = 1 << 20;
 
 fn config(kernel: PathBuf, cpus: u32, classes: &[&str]) -> (VmConfig, Receiver<String>) {
-    let (tx, rx) = channel();
-    let classes = classes
-        .iter()
-        .map(|c| parse_class(c).expect("class"))
-        .collect();
-    let config = VmConfig {
-        kernel,
-        initrd: None,
-        cmdline: String::new(),
-        cpus,
-        classes: with_sysram(classes).expect("classes"),
-        topology: None,
-        serial: SerialOut::Writer(Box::new(Lines::new(tx))),
-        kvm_device: PathBuf::from("/dev/kvm"),
-        agent_end: AgentEnd::Raw,
-    };
-    (config, rx)
+    common::tiny_config(kernel, cpus, classes)
 }
 
 #[test]

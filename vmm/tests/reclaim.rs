@@ -8,16 +8,14 @@
 mod common;
 
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
-use common::{guest, kvm_available, line_starting, next_line, Lines, GUARD};
+use common::{guest, kvm_available, line_starting, next_line, GUARD};
 use mempart::{Credential, EventFilter, EventKind, Limits, NewPartition, Spawn};
 use protocol::{Client, Op, Reply, ServerFrame};
-use vmm::config::{parse_class, with_sysram, AgentEnd};
 use vmm::reclaim::{ReclaimState, ReclaimStatus};
-use vmm::{SerialOut, Vm, VmConfig, VmExit, VmHandle};
+use vmm::{Vm, VmExit, VmHandle};
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
@@ -31,22 +29,7 @@ fn start(
     kernel: &str,
     classes: &[&str],
 ) -> (VmHandle, Receiver<String>, std::thread::JoinHandle<VmExit>) {
-    let (tx, rx) = channel();
-    let classes = classes
-        .iter()
-        .map(|c| parse_class(c).expect("class"))
-        .collect();
-    let config = VmConfig {
-        kernel: guest(kernel),
-        initrd: None,
-        cmdline: String::new(),
-        cpus: 1,
-        classes: with_sysram(classes).expect("classes"),
-        topology: None,
-        serial: SerialOut::Writer(Box::new(Lines::new(tx))),
-        kvm_device: PathBuf::from("/dev/kvm"),
-        agent_end: AgentEnd::Raw,
-    };
+    let (config, rx) = common::tiny_config(guest(kernel), 1, classes);
     let vm = Vm::new(config).expect("vm");
     let handle = vm.handle();
     let running = std::thread::spawn(move || vm.run().expect("vm ran"));

@@ -117,3 +117,29 @@ pub fn line_starting(rx: &Receiver<String>, prefix: &str) -> String {
         }
     }
 }
+
+/// A VM of one tiny guest: `cpus` vCPUs, the classes given (sysram added when missing),
+/// the serial console's lines on the returned receiver, the agent channel raw.
+pub fn tiny_config(
+    kernel: PathBuf,
+    cpus: u32,
+    classes: &[&str],
+) -> (vmm::VmConfig, Receiver<String>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let classes = classes
+        .iter()
+        .map(|c| vmm::config::parse_class(c).unwrap_or_else(|e| panic!("class {c}: {e}")))
+        .collect();
+    let config = vmm::VmConfig {
+        kernel,
+        initrd: None,
+        cmdline: String::new(),
+        cpus,
+        classes: vmm::config::with_sysram(classes).unwrap_or_else(|e| panic!("classes: {e}")),
+        topology: None,
+        serial: vmm::SerialOut::Writer(Box::new(Lines::new(tx))),
+        kvm_device: PathBuf::from("/dev/kvm"),
+        agent_end: vmm::config::AgentEnd::Raw,
+    };
+    (config, rx)
+}
