@@ -595,3 +595,47 @@ fn a_child_that_never_talks_to_the_agent_is_tracked_from_its_fork() {
     assert!(killed.success());
     let _ = run.wait();
 }
+
+/// `alloc --pid` charges another of the caller's processes (here the shell `mpctl run`
+/// became), so the allocation outlives mpctl; `free` gives it back.
+#[test]
+fn an_allocation_for_a_shell_outlives_mpctl_until_freed() {
+    let rig = Rig::new("free");
+    rig.ok(0, &["create", "/partition/mem/fast/box", "--max", "8M"]);
+    let m = binary("mpctl").display().to_string();
+    let script = format!(
+        "{m} alloc fast 2M --pid $$ && {m} --json stat /partition/mem/fast/box && \
+         {m} free fast 2M --pid $$ && {m} --json stat /partition/mem/fast/box"
+    );
+    let out = Command::new(binary("mpctl"))
+        .env("MPCTL_SOCKET", rig.dir.join("agent.sock"))
+        .args([
+            "run",
+            "--part",
+            "/partition/mem/fast/box",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .expect("mpctl run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines[0], "granted 2M");
+    let used =
+        |line: &str| serde_json::from_str::<serde_json::Value>(line).expect("json")["used"].clone();
+    assert_eq!(
+        used(lines[1]),
+        serde_json::json!(2 * MIB),
+        "the shell holds it after mpctl exited"
+    );
+    assert_eq!(lines[2], "freed 2M");
+    assert_eq!(used(lines[3]), serde_json::json!(0));
+}

@@ -149,6 +149,21 @@ enum Cmd {
         /// read the page just past it, which the VMM must refuse (a reported violation).
         #[arg(long)]
         touch: bool,
+        /// Allocate for this process (one of yours, e.g. your shell's `$$`) instead of
+        /// mpctl itself: the allocation then outlives mpctl, until `free` or that
+        /// process's exit.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Give back bytes a process allocated in its partition of a class (see `alloc --pid`).
+    Free {
+        /// The class.
+        class: String,
+        /// Bytes (e.g. 4M).
+        size: String,
+        /// The process.
+        #[arg(long)]
+        pid: u32,
     },
     /// Follow a partition's or class's events until interrupted.
     Events {
@@ -413,13 +428,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             class,
             size: s,
             touch,
+            pid,
         } => {
             let bytes = size(&s).map_err(Failure::Usage)?;
             if let Reply::Granted {
                 grant: Grant { bytes, .. },
                 gpa,
             } = call(Op::Allocate {
-                pid: std::process::id(),
+                pid: pid.unwrap_or_else(std::process::id),
                 class,
                 bytes,
             })? {
@@ -433,6 +449,32 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 if let (true, Some(gpa)) = (touch, gpa) {
                     touch_extent(gpa, bytes)?;
                 }
+            }
+        }
+        Cmd::Free {
+            class,
+            size: s,
+            pid,
+        } => {
+            let bytes = size(&s).map_err(Failure::Usage)?;
+            let Reply::Associations(view) = call(Op::ProcessView { pid })? else {
+                return Err(Failure::Agent("no process view in the answer".into()));
+            };
+            let partition = view
+                .iter()
+                .find(|a| a.class == class)
+                .map(|a| a.partition)
+                .ok_or_else(|| {
+                    Failure::Usage(format!("process {pid} has no partition of class {class}"))
+                })?;
+            call(Op::Free {
+                pid,
+                grant: Grant { partition, bytes },
+            })?;
+            if json {
+                emit(serde_json::json!({ "freed": bytes }));
+            } else {
+                println!("freed {}", human(bytes));
             }
         }
         Cmd::Events {
