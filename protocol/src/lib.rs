@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of a hello: "MPRT".
 pub const MAGIC: [u8; 4] = *b"MPRT";
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// The largest frame either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
@@ -262,6 +262,9 @@ pub enum Op {
         pid: Pid,
         /// What `Allocate` granted.
         grant: Grant,
+        /// For typed memory, the extent's guest-physical base as `Allocate` answered:
+        /// which of several equal grants goes back (without it, the oldest).
+        gpa: Option<u64>,
     },
     /// The guest's measurement of a partition's own use (the agent, for sysram).
     ReportUsage {

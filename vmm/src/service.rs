@@ -454,15 +454,27 @@ impl PartitionService {
                 e.report_usage(caller, &path, own)?;
                 Reply::Done
             }
-            Op::Free { pid, grant } => {
+            Op::Free { pid, grant, gpa } => {
                 e.may_act_for(caller, pid)?;
+                let mut extents = lock(&self.extents);
+                let mine = extents.entry(pid).or_default();
+                let at = mine
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| x.grant == grant && gpa.is_none_or(|g| g == x.gpa))
+                    .min_by_key(|(_, x)| x.seq)
+                    .map(|(i, _)| i);
+                if let (Some(gpa), None) = (gpa, at) {
+                    return Err(mempart::Error::new(
+                        Errno::Enoent,
+                        format!("0x{gpa:x}"),
+                        "no extent of this grant starts here",
+                    )
+                    .into());
+                }
                 e.free(pid, grant)?;
-                let extent = {
-                    let mut extents = lock(&self.extents);
-                    let mine = extents.entry(pid).or_default();
-                    let at = mine.iter().position(|x| x.grant == grant);
-                    at.map(|i| mine.swap_remove(i))
-                };
+                let extent = at.map(|i| mine.remove(i));
+                drop(extents);
                 if let (Some(extent), Some(typed)) = (extent, self.typed.get()) {
                     let _ = typed.revoke(&extent.class, extent.gpa);
                 }

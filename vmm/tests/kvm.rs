@@ -301,13 +301,39 @@ fn typed_allocations_through_the_service_are_backed_by_granted_extents() {
     );
     assert_eq!(
         client
-            .call(&root, Op::Free { pid: 9, grant: a })
+            .call(
+                &root,
+                Op::Free {
+                    pid: 9,
+                    grant: a,
+                    gpa: None
+                }
+            )
             .expect("io"),
         Ok(Reply::Done)
     );
     assert_eq!(granted(&handle), serde_json::json!([[256 * K, 512 * K]]));
     let (_, gpa_c) = alloc(&mut client, 128 * K).expect("c");
     assert_eq!(gpa_c, Some(base), "first fit reuses the freed extent");
+    let (d, gpa_d) = alloc(&mut client, 128 * K).expect("d");
+    assert_eq!(gpa_d, Some(base + 128 * K));
+    // c and d are equal grants: the base says which extent goes back.
+    let free_d = |gpa| Op::Free {
+        pid: 9,
+        grant: d,
+        gpa: Some(gpa),
+    };
+    let refused = client.call(&root, free_d(base + 64 * K)).expect("io");
+    assert_eq!(refused.map_err(|e| e.name).err().as_deref(), Some("ENOENT"));
+    assert_eq!(
+        client.call(&root, free_d(base + 128 * K)).expect("io"),
+        Ok(Reply::Done)
+    );
+    assert_eq!(
+        granted(&handle),
+        serde_json::json!([[0, 128 * K], [256 * K, 512 * K]]),
+        "c stays, d went"
+    );
     assert_eq!(
         client.call(&root, Op::ProcessExit { pid: 9 }).expect("io"),
         Ok(Reply::Done)

@@ -302,13 +302,14 @@ fn typed_reclaim_asks_the_owner_then_takes_back_the_newest_extent() {
             excess: MIB
         }
     );
-    let (oldest, _) = grants[0];
+    let (oldest, oldest_gpa) = grants[0];
     assert_eq!(
         call(
             &mut client,
             Op::Free {
                 pid: 9,
-                grant: oldest
+                grant: oldest,
+                gpa: Some(oldest_gpa)
             }
         ),
         Reply::Done

@@ -145,7 +145,14 @@ fn processes_allocations_and_frees_go_through_the_service() {
     };
     // Process 42 is root's: another user may neither charge it nor free its grants.
     let other = Credential::guest(1000, 1000);
-    for op in [alloc(MIB), Op::Free { pid: 42, grant }] {
+    for op in [
+        alloc(MIB),
+        Op::Free {
+            pid: 42,
+            grant,
+            gpa: None,
+        },
+    ] {
         let refused = host.call(&other, op).expect("io").expect_err("EPERM");
         assert_eq!(refused.name, "EPERM", "{refused:?}");
     }
@@ -164,7 +171,15 @@ fn processes_allocations_and_frees_go_through_the_service() {
         "ENOMEM"
     );
     assert_eq!(
-        host.call(&root, Op::Free { pid: 42, grant }).expect("io"),
+        host.call(
+            &root,
+            Op::Free {
+                pid: 42,
+                grant,
+                gpa: None
+            }
+        )
+        .expect("io"),
         Ok(Reply::Done)
     );
     let Ok(Reply::Associations(view)) = host.call(&root, Op::ProcessView { pid: 42 }).expect("io")

@@ -470,6 +470,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             call(Op::Free {
                 pid,
                 grant: Grant { partition, bytes },
+                gpa: None,
             })?;
             if json {
                 emit(serde_json::json!({ "freed": bytes }));
