@@ -17,19 +17,21 @@ use vmm::service::{Authority, PartitionService};
 
 const MIB: u64 = 1 << 20;
 
-/// A binary of the workspace, next to this test's own executable's directory.
+/// A binary of the workspace, next to this test's own executable's directory. The
+/// guest-agent binaries are built (or found up to date) once per test run, so a test
+/// never runs a stale agent against a newer service.
 fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    if !path.exists() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
         let status = Command::new(env!("CARGO"))
             .args(["build", "-q", "-p", "guest-agent"])
             .status()
             .expect("cargo build");
         assert!(status.success(), "building guest-agent failed");
-    }
-    path
+    });
+    let exe = std::env::current_exe().expect("test path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join(name)
 }
 
 struct Rig {
