@@ -321,8 +321,8 @@ impl Reclaimer {
                     self.inflate(pages);
                 }
             }
-            let held = self.balloon.status().inflated_pages;
-            let target = u64::from(self.balloon.status().target_pages);
+            let balloon = self.balloon.status();
+            let (held, target) = (balloon.inflated_pages, u64::from(balloon.target_pages));
             let fits = m.pending_max.is_none();
             let balloon_full = !sysram || held >= target;
             let given_back = first.start_used - lowest.min(first.start_used);

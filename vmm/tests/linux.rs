@@ -71,6 +71,14 @@ fn linux_boots_to_its_console_and_resets_cleanly() {
     );
 }
 
+/// The test kernel and initramfs, when both are given and KVM is there; each test
+/// that boots the initramfs skips (saying why) otherwise.
+fn kernel_and_initramfs() -> Option<(PathBuf, PathBuf)> {
+    let kernel = env_path("MEMPART_TEST_KERNEL")?;
+    let initrd = env_path("MEMPART_TEST_INITRAMFS")?;
+    kvm_available().then_some((kernel, initrd))
+}
+
 /// A Linux guest with the test initramfs: `init` mode, classes, topology, agent end.
 fn linux_config(
     kernel: PathBuf,
@@ -104,15 +112,9 @@ fn linux_config(
 /// inflates to the host's target and reports it as `actual`.
 #[test]
 fn linux_binds_the_agent_port_and_the_balloon() {
-    let (Some(kernel), Some(initrd)) = (
-        env_path("MEMPART_TEST_KERNEL"),
-        env_path("MEMPART_TEST_INITRAMFS"),
-    ) else {
+    let Some((kernel, initrd)) = kernel_and_initramfs() else {
         return;
     };
-    if !kvm_available() {
-        return;
-    }
     const TARGET: u32 = 2048;
     let (config, rx) = linux_config(
         kernel,
@@ -179,15 +181,9 @@ fn linux_binds_the_agent_port_and_the_balloon() {
 /// what the guest did is in the VMM's engine.
 #[test]
 fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
-    let (Some(kernel), Some(initrd)) = (
-        env_path("MEMPART_TEST_KERNEL"),
-        env_path("MEMPART_TEST_INITRAMFS"),
-    ) else {
+    let Some((kernel, initrd)) = kernel_and_initramfs() else {
         return;
     };
-    if !kvm_available() {
-        return;
-    }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let topology = dir.join(format!("e2e-{}.toml", std::process::id()));
     std::fs::write(
@@ -316,15 +312,9 @@ fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
 /// fault is emulated (about 0.6 ms).
 #[test]
 fn guest_enforcement_and_host_reclaim_in_linux() {
-    let (Some(kernel), Some(initrd)) = (
-        env_path("MEMPART_TEST_KERNEL"),
-        env_path("MEMPART_TEST_INITRAMFS"),
-    ) else {
+    let Some((kernel, initrd)) = kernel_and_initramfs() else {
         return;
     };
-    if !kvm_available() {
-        return;
-    }
     use mempart::Credential;
     use vmm::reclaim::ReclaimState;
     const MIB: u64 = 1 << 20;

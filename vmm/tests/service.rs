@@ -43,6 +43,19 @@ fn client(service: &PartitionService, authority: Authority) -> Client<UnixStream
     Client::connect(stream).expect("handshake")
 }
 
+/// Subscribes `client` (as the host) to every default event of `path`.
+fn subscribe(client: &mut Client<UnixStream>, path: &str, capacity: u32) -> mempart::SubId {
+    let op = Op::Subscribe {
+        path: path.into(),
+        filter: EventFilter::default(),
+        capacity,
+    };
+    match client.call(&Credential::Host, op).expect("io") {
+        Ok(Reply::Subscribed(sub)) => sub,
+        other => panic!("no subscription: {other:?}"),
+    }
+}
+
 fn open(path: &str) -> Op {
     Op::Create {
         path: path.into(),
@@ -203,14 +216,7 @@ fn events_are_pushed_in_order_with_sequence_numbers() {
             .expect("io"),
         Ok(Reply::Done)
     );
-    let sub = Op::Subscribe {
-        path: "/partition/mem/sysram/p".into(),
-        filter: EventFilter::default(),
-        capacity: 16,
-    };
-    let Ok(Reply::Subscribed(sub)) = watcher.call(&Credential::Host, sub).expect("io") else {
-        panic!("no subscription");
-    };
+    let sub = subscribe(&mut watcher, "/partition/mem/sysram/p", 16);
     for pid in [7, 8] {
         let start = Op::ProcessStart {
             pid,
@@ -306,14 +312,7 @@ fn an_overflowing_subscriber_gets_a_missed_count_and_a_gap_in_sequence_numbers()
             .expect("io"),
         Ok(Reply::Done)
     );
-    let sub = Op::Subscribe {
-        path: "/partition/mem/sysram/p".into(),
-        filter: EventFilter::default(),
-        capacity: 1,
-    };
-    let Ok(Reply::Subscribed(sub)) = watcher.call(&Credential::Host, sub).expect("io") else {
-        panic!("no subscription");
-    };
+    let sub = subscribe(&mut watcher, "/partition/mem/sysram/p", 1);
     let report = Op::ReportUsage {
         path: "/partition/mem/sysram/p".into(),
         own: 4 << 20,

@@ -568,8 +568,10 @@ fn touch_extent(gpa: u64, bytes: u64) -> Result<(), Failure> {
         .filter(|&page| extent.read(page * 512) == Some(0x6d70_0000_0000_0000 | page as u64))
         .count();
     println!("wrote and read back {good} of {pages} pages");
-    let beyond =
-        PhysMapping::new(gpa + bytes, 4096).map_err(|e| io("mapping past the extent", e))?;
+    let past = gpa
+        .checked_add(bytes)
+        .ok_or_else(|| Failure::Local(format!("0x{gpa:x}+{bytes}: past the address space")))?;
+    let beyond = PhysMapping::new(past, 4096).map_err(|e| io("mapping past the extent", e))?;
     match beyond.read(0) {
         Some(word) => println!("past the extent: read 0x{word:x}"),
         None => println!("past the extent: nothing mapped"),
