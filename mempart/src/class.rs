@@ -63,6 +63,8 @@ pub struct ClassMetrics {
     pub highest_allocated: u64,
     /// Names of its root partitions.
     pub roots: Vec<String>,
+    /// Owner, group and mode.
+    pub perm: Perm,
 }
 
 /// A class as the engine keeps it.

@@ -870,6 +870,7 @@ impl Engine {
             free: c.size.saturating_sub(c.roots_charge),
             highest_allocated: c.highest_allocated,
             roots: c.roots.keys().cloned().collect(),
+            perm: c.perm,
         })
     }
 

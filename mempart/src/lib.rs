@@ -41,7 +41,7 @@ pub use error::{Errno, Error, Result};
 pub use events::{
     Event, EventBatch, EventFilter, EventKind, SubId, Target, MAX_QUEUE, MAX_SUBSCRIPTIONS,
 };
-pub use name::{check_name, components, join, MEM_ROOT, NAME_MAX, PATH_MAX};
+pub use name::{check_name, components, join, MEM_ROOT, NAME_MAX, PATH_MAX, RESERVED_NAME};
 pub use namespace::{DirEntry, EntryKind, Node, MAX_GROUPS};
 pub use partition::{
     Limits, NewPartition, PartId, PartitionConfig, PartitionMetrics, PartitionType, SetOutcome,

@@ -45,9 +45,21 @@ pub fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a partition name: a name that is not all digits (digits name processes).
+/// The one name a partition cannot have: in the guest's `/partition` view every class
+/// and partition directory holds a file of that name with its figures.
+pub const RESERVED_NAME: &str = "metrics";
+
+/// Checks a partition name: a name that is not all digits (digits name processes) and
+/// not [`RESERVED_NAME`].
 pub fn check_partition_name(name: &str) -> Result<()> {
     check_name(name)?;
+    if name == RESERVED_NAME {
+        return Err(Error::new(
+            Errno::Einval,
+            name,
+            "a partition must not be called \"metrics\": the /partition view shows each partition's figures under that name",
+        ));
+    }
     if name.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::new(
             Errno::Einval,
@@ -140,6 +152,11 @@ mod tests {
             Some(Errno::Einval)
         );
         assert!(check_partition_name("p123").is_ok());
+        assert_eq!(
+            check_partition_name(RESERVED_NAME).err().map(|e| e.errno),
+            Some(Errno::Einval)
+        );
+        assert!(check_partition_name("metrics2").is_ok());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::io::{Read, Write};
 pub use mempart::topology::parse_size;
 pub use mempart::{
     Association, ClassMetrics, Credential, DirEntry, EntryKind, Event, EventFilter, EventKind,
-    Grant, Limits, PartitionMetrics, PartitionType, Pid, Policy, SetOutcome, Spawn, SubId,
+    Grant, Limits, PartitionMetrics, PartitionType, Perm, Pid, Policy, SetOutcome, Spawn, SubId,
     UNLIMITED,
 };
 use serde::de::DeserializeOwned;
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of a hello: "MPRT".
 pub const MAGIC: [u8; 4] = *b"MPRT";
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// The largest frame either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
