@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod devmem;
 pub mod exits;
 pub mod forks;
+pub mod view;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;

@@ -39,12 +39,18 @@ struct Rig {
     engine: Arc<Mutex<Engine>>,
     service: PartitionService,
     agent: Child,
+    /// Where the agent's `/partition` view is mounted, if it serves one.
+    view: Option<PathBuf>,
 }
 
 impl Drop for Rig {
     fn drop(&mut self) {
         let _ = self.agent.kill();
         let _ = self.agent.wait();
+        if let Some(view) = &self.view {
+            // A killed agent leaves its mount behind, disconnected: detach it.
+            let _ = Command::new("umount").arg("-l").arg(view).status();
+        }
     }
 }
 
@@ -53,12 +59,30 @@ impl Rig {
         Rig::with_args(name, &[])
     }
 
+    /// A rig whose agent serves its `/partition` view in `<dir>/view`.
+    fn with_view(name: &str) -> Rig {
+        let view = Rig::dir_for(name).join("view");
+        let view = view.to_str().expect("utf-8").to_string();
+        let mut rig = Rig::with_args(name, &["--view", &view]);
+        rig.view = Some(PathBuf::from(view));
+        rig
+    }
+
+    fn dir_for(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("agent-{name}-{}", std::process::id()))
+    }
+
     /// A rig whose agent gets `extra` arguments.
     fn with_args(name: &str, extra: &[&str]) -> Rig {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("agent-{name}-{}", std::process::id()));
+        let dir = Rig::dir_for(name);
+        if dir.join("view").exists() {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(dir.join("view"))
+                .status();
+        }
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::create_dir_all(dir.join("view")).expect("dir");
         let engine = Engine::new(&[
             ClassSpec::new("sysram", 256 * MIB),
             ClassSpec::new("fast", 64 * MIB),
@@ -100,6 +124,7 @@ impl Rig {
             engine,
             service,
             agent,
+            view: None,
         }
     }
 
@@ -640,4 +665,161 @@ fn an_allocation_for_a_shell_outlives_mpctl_until_freed() {
     );
     assert_eq!(lines[2], "freed 2M");
     assert_eq!(used(lines[3]), serde_json::json!(0));
+}
+
+/// Runs `program args` as `uid`; its standard output, or its standard error as `Err`.
+fn run_as(uid: u32, program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .expect("runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The FUSE view: `ls` lists classes, partitions, `metrics` files and associated
+/// processes (links to `/proc/<pid>`), `cat` prints figures, pseudo partitions are
+/// links, modes are the nodes' own, and the engine decides what each reader may see.
+#[test]
+fn the_partition_view_lists_processes_and_prints_metrics() {
+    use std::os::unix::fs::MetadataExt;
+
+    let rig = Rig::with_view("view");
+    let view = rig.view.clone().expect("view");
+    let at = |rel: &str| view.join(rel).to_str().expect("utf-8").to_string();
+    let apps = "/partition/mem/sysram/apps";
+    rig.ok(
+        0,
+        &[
+            "create", apps, "--min", "8M", "--max", "64M", "--mode", "750",
+        ],
+    );
+    rig.ok(0, &["chown", "1000:1000", apps]);
+    rig.ok(0, &["create", "/partition/mem/group"]);
+    rig.ok(0, &["pseudo", "/partition/mem/group/ram", apps]);
+    rig.refused(0, &["create", "/partition/mem/sysram/metrics"], "EINVAL");
+
+    assert_eq!(run_as(0, "ls", &[&at("")]), Ok("mem\n".into()));
+    assert_eq!(
+        run_as(0, "ls", &[&at("mem")]),
+        Ok("fast\ngroup\nsysram\n".into())
+    );
+    assert_eq!(
+        run_as(1000, "ls", &[&at("mem/sysram")]),
+        Ok("apps\nmetrics\nsys\n".into())
+    );
+    let class = run_as(1000, "cat", &[&at("mem/fast/metrics")]).expect("class metrics");
+    assert!(class.contains(&format!("size {}\n", 64 * MIB)), "{class}");
+    assert!(class.contains(&format!("free {}\n", 64 * MIB)), "{class}");
+
+    let meta = std::fs::metadata(at("mem/sysram/apps")).expect("stat");
+    assert!(meta.is_dir());
+    assert_eq!(meta.mode() & 0o777, 0o750);
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+
+    // A shell run into the partition finds itself listed there, as a link to its /proc.
+    let listing = format!("echo $$; ls {}", at("mem/sysram/apps"));
+    let out = rig.ok(
+        1000,
+        &["run", "--part", apps, "--", "/bin/sh", "-c", &listing],
+    );
+    let mut lines = out.lines();
+    let shell = lines.next().expect("pid").to_string();
+    let names: Vec<&str> = lines.collect();
+    assert!(names.contains(&shell.as_str()), "{out}");
+    assert!(names.contains(&"metrics"), "{out}");
+    let reading = format!(
+        "readlink {}/$$ && cat {}",
+        at("mem/sysram/apps"),
+        at("mem/sysram/apps/metrics")
+    );
+    let out = rig.ok(
+        1000,
+        &["run", "--part", apps, "--", "/bin/sh", "-c", &reading],
+    );
+    let mut lines = out.lines();
+    let link = lines.next().expect("link");
+    assert!(link.starts_with("/proc/"), "{out}");
+    let figures: std::collections::HashMap<&str, &str> =
+        lines.filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(figures.get("type"), Some(&"GuaranteeRestricted"), "{out}");
+    assert_eq!(figures.get("min"), Some(&(8 * MIB).to_string().as_str()));
+    assert_eq!(figures.get("max"), Some(&(64 * MIB).to_string().as_str()));
+    assert_eq!(figures.get("mode"), Some(&"750"));
+    // The shell at least; its forked children and the earlier shell may not yet have
+    // been reported gone.
+    let processes: usize = figures
+        .get("processes")
+        .and_then(|n| n.parse().ok())
+        .expect("processes");
+    assert!(processes >= 1, "{out}");
+
+    assert_eq!(
+        std::fs::read_link(at("mem/group/ram")).expect("pseudo link"),
+        PathBuf::from("../sysram/apps")
+    );
+    let through = run_as(1000, "ls", &[&at("mem/group/ram/")]).expect("follows");
+    assert!(through.contains("metrics"), "{through}");
+
+    // Another user is refused what the engine refuses; nobody writes.
+    let denied = run_as(1002, "ls", &[&at("mem/sysram/apps")]).expect_err("refused");
+    assert!(denied.contains("Permission denied"), "{denied}");
+    let denied = run_as(1002, "cat", &[&at("mem/sysram/apps/metrics")]).expect_err("refused");
+    assert!(denied.contains("Permission denied"), "{denied}");
+    let write = std::fs::write(at("mem/sysram/apps/metrics"), "max 0");
+    assert_eq!(
+        write.expect_err("read-only").raw_os_error(),
+        Some(libc::EROFS)
+    );
+    assert!(std::fs::create_dir(at("mem/sysram/new")).is_err());
+}
+
+/// `assoc`, `flags` and `disassoc` act on mpctl's parent (here a shell `mpctl run`
+/// started), and `ps` shows that process's partitions with their inherit flags.
+#[test]
+fn assoc_flags_and_disassoc_change_the_callers_shell() {
+    let rig = Rig::new("assoc");
+    let boxed = "/partition/mem/fast/box";
+    rig.ok(0, &["create", boxed, "--max", "8M", "--mode", "777"]);
+    let m = binary("mpctl").display().to_string();
+    let script = format!(
+        "{m} assoc {boxed} && {m} ps && {m} flags {boxed} --no-inherit on && \
+         {m} --json ps && {m} disassoc {boxed} && {m} ps"
+    );
+    let out = rig.ok(
+        1000,
+        &[
+            "run",
+            "--part",
+            "/partition/mem/sysram/sys",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ],
+    );
+    let rest: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        rest.first().copied(),
+        Some("/partition/mem/sysram/sys  inherit  0"),
+        "{out}"
+    );
+    assert_eq!(
+        rest.get(1).copied(),
+        Some("/partition/mem/fast/box  inherit  0")
+    );
+    let json: serde_json::Value = serde_json::from_str(rest.get(2).expect("json")).expect("json");
+    assert_eq!(json[1]["path"], boxed);
+    assert_eq!(json[1]["no_inherit"], true, "{json}");
+    assert_eq!(json[0]["no_inherit"], false, "{json}");
+    assert_eq!(
+        rest.get(3..),
+        Some(&["/partition/mem/sysram/sys  inherit  0"][..]),
+        "{out}"
+    );
 }

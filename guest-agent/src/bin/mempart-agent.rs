@@ -19,6 +19,7 @@ use clap::Parser;
 use guest_agent::cgroup::{CgroupMirror, Node};
 use guest_agent::exits::PidFd;
 use guest_agent::forks::ForkEvents;
+use guest_agent::view::{Ask, PartitionView};
 use guest_agent::{groups_of, peer_of, Peer, DEFAULT_SOCKET};
 use protocol::{
     read_frame, write_frame, ClientFrame, Credential, EntryKind, Op, Reply, ServerFrame, Spawn,
@@ -50,6 +51,12 @@ struct Args {
     /// to the VMM; a change of limits is followed by a report at once.
     #[arg(long, default_value_t = 2.0)]
     report_interval: f64,
+    /// Serve a read-only view of the name space here through FUSE (the guest's init
+    /// uses /partition): partitions as directories, processes as links to /proc/<pid>,
+    /// figures in each class's and partition's `metrics` file. Listing and reading ask
+    /// the VMM with the reader's identity.
+    #[arg(long, value_name = "DIR")]
+    view: Option<PathBuf>,
 }
 
 /// What the cgroup mirror's thread does next.
@@ -173,8 +180,13 @@ impl Agent {
 
     /// Sends `op` as the guest superuser and waits for the answer (not from the routing thread).
     fn ask(&self, op: Op) -> anyhow::Result<Result<Reply, WireError>> {
+        self.ask_as(&Credential::guest_root(), op)
+    }
+
+    /// Sends `op` as `caller` and waits for the answer (not from the routing thread).
+    fn ask_as(&self, caller: &Credential, op: Op) -> anyhow::Result<Result<Reply, WireError>> {
         let (tx, rx) = channel();
-        self.send(Route::Ask(tx), &Credential::guest(0, 0), op)?;
+        self.send(Route::Ask(tx), caller, op)?;
         rx.recv().context("the upstream ended")
     }
 
@@ -621,6 +633,17 @@ fn main() -> anyhow::Result<()> {
             ),
         }
     }
+    let _view = match &args.view {
+        Some(dir) => {
+            let agent = Arc::clone(&agent);
+            let ask: Ask = Box::new(move |caller, op| agent.ask_as(caller, op).ok());
+            let session = PartitionView::new(ask)
+                .mount(dir)
+                .with_context(|| format!("mounting the /partition view on {}", dir.display()))?;
+            Some(session)
+        }
+        None => None,
+    };
     // The ready line goes to standard output, so a supervisor can wait for it while
     // diagnostics keep going to standard error.
     println!(

@@ -130,6 +130,13 @@ enum Cmd {
         #[arg(long)]
         pid: Option<u32>,
     },
+    /// Show a process's partitions (default: mpctl's parent, e.g. your shell): each
+    /// partition, whether children inherit it, and what the process allocated there.
+    Ps {
+        /// The process.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Associate with partitions, then run a command in their place (like numactl).
     Run {
         /// A partition or group; repeat for more.
@@ -409,6 +416,32 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 path,
                 no_inherit,
             })?;
+        }
+        Cmd::Ps { pid } => {
+            let Reply::Associations(view) = call(Op::ProcessView {
+                pid: pid.unwrap_or(parent),
+            })?
+            else {
+                return Err(Failure::Agent("no process view in the answer".into()));
+            };
+            if json {
+                emit(serde_json::json!(view
+                    .iter()
+                    .map(|a| serde_json::json!({
+                        "path": a.path, "class": a.class,
+                        "no_inherit": a.no_inherit, "charged": a.charged,
+                    }))
+                    .collect::<Vec<_>>()));
+            } else {
+                for a in view {
+                    let inherit = if a.no_inherit {
+                        "no-inherit"
+                    } else {
+                        "inherit"
+                    };
+                    println!("{}  {inherit}  {}", a.path, human(a.charged));
+                }
+            }
         }
         Cmd::Run { parts, command } => {
             let me = std::process::id();
