@@ -580,7 +580,10 @@ mod tests {
         assert!(!table.inodes.contains_key(&ino));
         assert!(!table.by_path.contains_key(&path));
         let again = table.remember(path, Kind::Partition).unwrap_or_default();
-        assert_ne!(again, ino, "a forgotten inode number is not handed out again");
+        assert_ne!(
+            again, ino,
+            "a forgotten inode number is not handed out again"
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 /* The guest's /init. It mounts the pseudo file systems and then, by the kernel argument
  * mempart.init=:
  *   greet  finds the agent port by name, greets the VMM over it, waits for its "done";
- *   agent  starts mempart-agent on the port (with its cgroup mirror when
- *          mempart.cgroups=on) and runs each line of mempart.script= (default
- *          /etc/mpctl-script) as an mpctl command, echoing it;
+ *   agent  starts mempart-agent on the port (serving the /partition view, with its
+ *          cgroup mirror when mempart.cgroups=on) and runs each line of
+ *          mempart.script= (default /etc/mpctl-script), echoing it;
  * and reboots (with reboot=k the VMM sees an i8042 reset and exits 0). */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -89,8 +89,9 @@ static int start_agent(int cgroups) {
         close(fds[0]);
         /* The cgroup mirror stays off here: on kvm_pvm hosts guest processes crashed or
          * misbehaved with it on (see the README); mempart.cgroups=on turns it on. */
-        char *with[] = {"/bin/mempart-agent", "--listen", "/run/mempart.sock", NULL};
-        char *without[] = {"/bin/mempart-agent", "--listen", "/run/mempart.sock", "--no-cgroups", NULL};
+        char *with[] = {"/bin/mempart-agent", "--listen", "/run/mempart.sock", "--view", "/partition", NULL};
+        char *without[] = {"/bin/mempart-agent", "--listen", "/run/mempart.sock", "--view", "/partition",
+                           "--no-cgroups", NULL};
         char **argv = cgroups ? with : without;
         execv(argv[0], argv);
         _exit(127);
@@ -105,9 +106,10 @@ static int start_agent(int cgroups) {
     return strstr(buf, "ready") ? 0 : -1;
 }
 
-/* Runs every line of `path` as mpctl arguments (split on spaces), one after another:
- * on kvm_pvm hosts concurrent guest processes have crashed (SIGSEGV), so nothing runs
- * in the background. */
+/* Runs every line of `path`, one after another, split on spaces: a line starting with
+ * "/" names a program, any other line is mpctl's arguments. Nothing runs in the
+ * background: one guest process at a time besides the agent keeps runs on emulated
+ * kernels easy to follow. */
 static void run_script(const char *path) {
     FILE *script = fopen(path, "r");
     if (!script) {
@@ -119,15 +121,17 @@ static void run_script(const char *path) {
     while (fgets(line, sizeof line, script)) {
         line[strcspn(line, "\n")] = 0;
         if (!line[0] || line[0] == '#') continue;
-        printf("guest$ mpctl %s\n", line);
+        int direct = line[0] == '/';
+        printf(direct ? "guest$ %s\n" : "guest$ mpctl %s\n", line);
         fflush(stdout);
         char *argv[64] = {"/bin/mpctl"};
-        int argc = 1;
+        int argc = direct ? 0 : 1;
         for (char *tok = strtok(line, " "); tok && argc < 63; tok = strtok(NULL, " ")) argv[argc++] = tok;
         argv[argc] = NULL;
         int status = run(argv);
         if (status != 0) {
-            printf("init: mpctl exited with %d\n", status);
+            const char *name = strrchr(argv[0], '/');
+            printf("init: %s exited with %d\n", name ? name + 1 : argv[0], status);
             fflush(stdout);
         }
     }

@@ -233,21 +233,20 @@ fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
         started.elapsed().as_secs_f64()
     );
     assert!(text.contains("init: mempart-agent: ready"), "{text}");
-    assert!(
-        !text.contains("mpctl exited with"),
-        "a command failed:\n{text}"
-    );
-    let after = |cmd: &str| {
+    assert!(!text.contains(" exited with "), "a command failed:\n{text}");
+    // What a script line printed (`guest$ LINE` up to the next script line).
+    let output = |line: &str| {
         let at = console
             .iter()
-            .position(|l| l == &format!("guest$ mpctl {cmd}"))
-            .unwrap_or_else(|| panic!("{cmd} did not run:\n{text}"));
+            .position(|l| l == &format!("guest$ {line}"))
+            .unwrap_or_else(|| panic!("{line} did not run:\n{text}"));
         console[at + 1..]
             .iter()
             .take_while(|l| !l.starts_with("guest$") && !l.starts_with("init:"))
             .cloned()
             .collect::<Vec<_>>()
     };
+    let after = |cmd: &str| output(&format!("mpctl {cmd}"));
     assert_eq!(after("ls /partition/mem"), vec!["sysram/", "fast/"]);
     assert_eq!(
         after("ls /partition/mem/sysram"),
@@ -266,6 +265,47 @@ fn mpctl_in_linux_reaches_the_vmm_through_the_agent() {
     assert_eq!(
         after("ls /partition/mem/team"),
         vec!["ram -> /partition/mem/sysram/guaranteed"]
+    );
+    // The agent's FUSE view, read with ordinary file calls.
+    let view = output("/bin/show /partition/mem/sysram /partition/mem/fast/sandbox/metrics");
+    assert_eq!(
+        view.get(..4),
+        Some(&["guaranteed/", "metrics", "session/", "sys/"].map(String::from)[..]),
+        "{view:?}"
+    );
+    assert!(view.contains(&"type Sandbox".to_string()), "{view:?}");
+    assert!(view.contains(&format!("max {}", 16 << 20)), "{view:?}");
+    assert_eq!(
+        output("/bin/show /partition/mem/team"),
+        vec!["ram -> ../sysram/guaranteed"]
+    );
+    // assoc, flags, disassoc and ps act on mpctl's parent: here `steps`, which `mpctl
+    // run` associated with the guaranteed partition.
+    let steps = after(
+        "run --part /partition/mem/sysram/guaranteed -- /bin/steps assoc /partition/mem/fast/sandbox , \
+         /bin/show /partition/mem/fast/sandbox , flags /partition/mem/fast/sandbox --no-inherit on , ps , \
+         disassoc /partition/mem/fast/sandbox , ps",
+    );
+    let listed = |l: &String| {
+        l.split_once(" -> /proc/")
+            .is_some_and(|(pid, target)| pid == target && pid.parse::<u32>().is_ok())
+    };
+    assert!(
+        steps.iter().any(listed),
+        "steps is listed in the sandbox: {steps:?}"
+    );
+    let ps: Vec<&String> = steps
+        .iter()
+        .filter(|l| l.starts_with("/partition/"))
+        .collect();
+    assert_eq!(
+        ps,
+        vec![
+            "/partition/mem/sysram/guaranteed  inherit  0",
+            "/partition/mem/fast/sandbox  no-inherit  0",
+            "/partition/mem/sysram/guaranteed  inherit  0",
+        ],
+        "{steps:?}"
     );
     let via_group = after(
         "run --part /partition/mem/team -- /bin/mpctl metrics /partition/mem/sysram/guaranteed",

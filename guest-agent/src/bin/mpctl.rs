@@ -529,15 +529,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     .map_err(Failure::Usage)?,
                 ..EventFilter::default()
             };
-            let Reply::Subscribed(sub) = call(Op::Subscribe {
-                path,
+            let Reply::Subscribed(_) = call(Op::Subscribe {
+                path: path.clone(),
                 filter,
                 capacity: 256,
             })?
             else {
                 return Ok(());
             };
-            println!("subscribed {sub:?}");
+            println!("subscribed to {path}");
             let mut seen = 0u64;
             while follow && count.is_none_or(|c| seen < c) {
                 match client.next_event()? {
