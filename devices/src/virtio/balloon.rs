@@ -107,7 +107,8 @@ impl BalloonHandle {
         lock(&self.shared).status.clone()
     }
 
-    /// Calls `observer` whenever the guest inflated, deflated or wrote `actual`.
+    /// Calls `observer` whenever the guest inflated, deflated, reported free pages or
+    /// wrote `actual`.
     pub fn observe(&self, observer: Observer) {
         lock(&self.shared).observer = Some(observer);
     }
@@ -169,16 +170,19 @@ impl Balloon {
         };
         let role = *role;
         let mut used_any = false;
-        let mut moved = false;
+        let mut changed = false;
         while let Some(chain) = queue.pop_descriptor_chain(&mem) {
             let head = chain.head_index();
             let mut shared = lock(&self.shared);
             match role {
                 Role::Inflate | Role::Deflate => {
-                    moved = true;
+                    changed = true;
                     page_numbers(&mem, chain, role == Role::Inflate, &mut shared.status)
                 }
-                Role::Reporting => reported_ranges(&mem, chain, &mut shared.status),
+                Role::Reporting => {
+                    changed = true;
+                    reported_ranges(&mem, chain, &mut shared.status)
+                }
                 Role::Stats => {
                     read_stats(&mem, chain, &mut shared.status);
                     self.stats_head = Some(head);
@@ -193,7 +197,7 @@ impl Balloon {
         if used_any {
             signal(&self.shared, queue, &mem);
         }
-        if moved {
+        if changed {
             announce(&self.shared);
         }
     }
@@ -545,6 +549,11 @@ mod tests {
     fn reported_free_ranges_are_released_and_bad_ones_refused() {
         let mem = memory();
         let mut r = rig(&mem);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        r.handle.observe(Arc::new(move |s: &BalloonStatus| {
+            lock(&record).push(s.reported_bytes);
+        }));
         mem.write_obj(1u64, GuestAddress(0x40_0000))
             .unwrap_or_else(|e| panic!("{e}"));
         r.queues[3]
@@ -562,6 +571,7 @@ mod tests {
         let s = r.handle.status();
         assert_eq!((s.reported_bytes, s.rejected), (0x2000, 3));
         assert!(!resident(&mem, 0x40_0000));
+        assert_eq!(*lock(&seen), vec![0x2000], "the report is announced");
     }
 
     #[test]
