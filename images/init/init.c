@@ -3,7 +3,8 @@
  *   greet  finds the agent port by name, greets the VMM over it, waits for its "done";
  *   agent  starts mempart-agent on the port (serving the /partition view, with its
  *          cgroup mirror when mempart.cgroups=on) and runs each line of
- *          mempart.script= (default /etc/mpctl-script), echoing it;
+ *          mempart.script= (default /etc/mpctl-script; several scripts are separated
+ *          by commas), echoing it;
  * and reboots (with reboot=k the VMM sees an i8042 reset and exits 0). */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -170,8 +171,14 @@ int main(int argc, char **argv) {
         param("mempart.cgroups=", "off", cg, sizeof cg);
         char script[128];
         param("mempart.script=", "/etc/mpctl-script", script, sizeof script);
-        if (start_agent(strcmp(cg, "on") == 0) == 0) run_script(script);
-        else say("the agent did not start");
+        if (start_agent(strcmp(cg, "on") == 0) == 0) {
+            /* mempart.script= may name several scripts, separated by commas. */
+            char *rest = script;
+            for (char *one = strtok_r(script, ",", &rest); one; one = strtok_r(NULL, ",", &rest))
+                run_script(one);
+        } else {
+            say("the agent did not start");
+        }
         say("done");
         reboot(RB_AUTOBOOT);
         return 0;

@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | `GET /vm` | backend, classes and their guest-physical placement |
 //! | `GET /config` | the configuration the VM runs with |
-//! | `GET /metrics` | Prometheus text: per class and per partition |
+//! | `GET /metrics` | Prometheus text: per class (resident host bytes included) and per partition |
 //! | `GET /partition/mem/...` | a partition's or class's metrics; `?list` lists instead |
 //! | `POST /partition/mem/...` | create, body `{"min": N, "max": N, "mode": N}` (all optional); in a group, `{"link": P}` makes a pseudo partition naming P |
 //! | `PATCH /partition/mem/...` with `mode`, `uid` and `gid`, or `policy` | chmod, chown, set a one-way policy |
@@ -217,7 +217,7 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
         (Method::Get, "/config") => json_answer(config.clone()),
         (Method::Get, "/metrics") => Ok(Reply {
             status: 200,
-            body: vm.with_engine(prometheus),
+            body: vm.with_engine(prometheus) + &resident_gauge(vm),
             content_type: "text/plain; version=0.0.4",
         }),
         (Method::Get, "/reclaim") => json_answer(json!(vm.reclaimer().list())),
@@ -491,6 +491,20 @@ fn label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Host bytes actually backing each class, as a Prometheus gauge.
+fn resident_gauge(vm: &VmHandle) -> String {
+    let name = "mempart_class_resident_bytes";
+    let mut out = format!(
+        "# HELP {name} Host bytes actually backing the class (resident pages).\n# TYPE {name} gauge\n"
+    );
+    for class in vm.with_engine(|e| e.class_names()) {
+        if let Some(bytes) = vm.resident(&class) {
+            out.push_str(&format!("{name}{{class=\"{}\"}} {bytes}\n", label(&class)));
+        }
+    }
+    out
 }
 
 /// Every class and partition as Prometheus gauges.

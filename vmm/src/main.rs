@@ -363,14 +363,45 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCod
                 println!("{}/", e["name"].as_str().unwrap_or("?"));
             }
         }
-        (_, serde_json::Value::Object(map)) => {
-            for (k, v) in map {
-                println!("{k:<18} {v}");
-            }
-        }
+        (_, serde_json::Value::Object(_)) => print_flat("", &value),
         _ => println!("{value}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a JSON object as `key value` lines, nested keys joined with dots
+/// (`current.limits.max 25165824`), strings unquoted, lists space-separated, modes in
+/// octal.
+fn print_flat(prefix: &str, value: &serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                print_flat(&key, v);
+            }
+        }
+        Value::String(s) => println!("{prefix:<24} {s}"),
+        Value::Number(n) if prefix.ends_with("mode") => match n.as_u64() {
+            Some(mode) => println!("{prefix:<24} {mode:o}"),
+            None => println!("{prefix:<24} {n}"),
+        },
+        Value::Array(items) => {
+            let words: Vec<String> = items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            println!("{prefix:<24} {}", words.join(" "));
+        }
+        other => println!("{prefix:<24} {other}"),
+    }
 }
 
 /// Starts a reclaim and prints its progress each time it moves, until it ends.
@@ -458,22 +489,30 @@ fn size(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// Prints every class and then every partition, depth-first.
-fn print_table(engine: &Engine) -> anyhow::Result<()> {
+/// Prints every class (with the host bytes backing it, where `resident` knows them) and
+/// then every partition, depth-first.
+fn print_table(
+    engine: &Engine,
+    resident: &std::collections::HashMap<String, u64>,
+) -> anyhow::Result<()> {
     let host = Credential::Host;
     println!(
-        "{:<24} {:>10} {:>10} {:>10} {:>10}",
-        "CLASS", "SIZE", "ALLOCATED", "RESERVED", "FREE"
+        "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "CLASS", "SIZE", "ALLOCATED", "RESERVED", "FREE", "RESIDENT"
     );
     for name in engine.class_names() {
         let c = engine.class_metrics(&host, &format!("/partition/mem/{name}"))?;
+        let backed = resident
+            .get(&name)
+            .map_or("-".to_string(), |&bytes| format!("{}K", bytes >> 10));
         println!(
-            "{:<24} {:>10} {:>10} {:>10} {:>10}",
+            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10}",
             name,
             size(c.size),
             size(c.allocated),
             size(c.reserved_unused),
-            size(c.free)
+            size(c.free),
+            backed
         );
     }
     println!();
@@ -525,7 +564,7 @@ fn check(topology: PathBuf, class_args: &[String]) -> anyhow::Result<ExitCode> {
         .and_then(|t| t.build(&specs));
     match built {
         Ok(engine) => {
-            print_table(&engine)?;
+            print_table(&engine, &std::collections::HashMap::new())?;
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
@@ -582,7 +621,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "\nmempart-vmm: the guest ran {:.1} s; partitions as the VMM holds them:\n",
                     started.elapsed().as_secs_f64()
                 );
-                handle.with_engine(|engine| print_table(engine))?;
+                let resident = handle
+                    .with_engine(|engine| engine.class_names())
+                    .into_iter()
+                    .filter_map(|name| handle.resident(&name).map(|bytes| (name, bytes)))
+                    .collect();
+                handle.with_engine(|engine| print_table(engine, &resident))?;
             }
             Ok(ExitCode::from(u8::try_from(exit.code()).unwrap_or(1)))
         }

@@ -955,11 +955,17 @@ impl VmHandle {
     pub fn info(&self) -> serde_json::Value {
         let classes: Vec<serde_json::Value> = lock(&self.shared.classes)
             .iter()
-            .map(|c| serde_json::json!({ "name": c.name, "base": c.base, "size": c.size, "granted": c.grants() }))
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name, "base": c.base, "size": c.size, "granted": c.grants(),
+                    "resident": c.resident(),
+                })
+            })
             .collect();
         serde_json::json!({
             "backend": Backend::detect().name(),
             "sysram": self.shared.sysram.size,
+            "sysram_resident": self.shared.sysram.resident(),
             "classes": classes,
         })
     }

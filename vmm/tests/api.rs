@@ -68,6 +68,10 @@ fn every_endpoint_and_malformed_requests() {
     let vm_info: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(vm_info["classes"][0]["name"], "fast");
     assert_eq!(vm_info["classes"][0]["base"], 4u64 << 30);
+    assert!(
+        vm_info["sysram_resident"].as_u64().is_some_and(|r| r > 0),
+        "the guest's code is resident: {vm_info}"
+    );
     assert_eq!(
         http(&sock, "GET", "/config", ""),
         (200, r#"{"cpus":1}"#.to_string())
@@ -213,6 +217,26 @@ fn every_endpoint_and_malformed_requests() {
     assert_eq!(
         box_min.value,
         prometheus_parse::Value::Gauge(f64::from(4u32 << 20))
+    );
+    let resident = |class: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "mempart_class_resident_bytes" && s.labels.get("class") == Some(class)
+            })
+            .map(|s| s.value.clone())
+    };
+    assert_eq!(
+        resident("fast"),
+        handle
+            .resident("fast")
+            .map(|r| prometheus_parse::Value::Gauge(r as f64)),
+        "the waiting guest does not touch fast"
+    );
+    assert!(
+        matches!(resident("sysram"), Some(prometheus_parse::Value::Gauge(r)) if r > 0.0),
+        "{metrics}"
     );
 
     assert_eq!(

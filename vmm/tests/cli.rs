@@ -169,7 +169,8 @@ fn check_prints_the_accounting_or_every_violated_rule() {
         .expect("a fast row");
     assert_eq!(
         fast.split_whitespace().collect::<Vec<_>>(),
-        vec!["fast", "128M", "0", "32M", "96M"]
+        vec!["fast", "128M", "0", "32M", "96M", "-"],
+        "check runs no guest, so nothing is resident"
     );
     let a = stdout
         .lines()
@@ -277,7 +278,19 @@ fn ctl_queries_and_reshapes_a_running_vm() {
     let out = ctl(&["ls", "/partition/mem/fast"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "sys/\nx/\n");
     let out = ctl(&["stat", "/partition/mem/fast/x"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("kind               \"sandbox\""));
+    let stat = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |key: &str| {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(key).filter(|rest| rest.starts_with(' ')))
+            .map(str::trim)
+    };
+    assert_eq!(field("kind"), Some("sandbox"), "{stat}");
+    assert_eq!(field("current.perm.mode"), Some("755"), "{stat}");
+    assert_eq!(
+        field("current.limits.max"),
+        Some((4u64 << 20).to_string().as_str()),
+        "{stat}"
+    );
     let out = ctl(&["metrics"]);
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("mempart_class_free_bytes{class=\"fast\"} 12582912"));
