@@ -20,6 +20,8 @@ enum Op {
     Destroy,
     Associate,
     ResetHighest,
+    ReportUsage,
+    WithdrawReclaim,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,8 +58,12 @@ fn expected(op: Op, pol: Pol) -> [Option<Errno>; 5] {
     let write_refused = [PERM, ACCES, ACCES, PERM, PERM];
     match (op, pol) {
         (Op::Metrics | Op::List | Op::Subscribe | Op::Associate, _) => read,
+        // A measurement, not a configuration: only the agent (guest root) and the host.
+        (Op::ReportUsage, _) => [PERM, PERM, PERM, OK, OK],
         (Op::CreateChild, Pol::Terminal) => write_refused,
-        (Op::SetMax | Op::Chmod | Op::Chown, Pol::ConfigLock) => write_refused,
+        (Op::SetMax | Op::Chmod | Op::Chown | Op::WithdrawReclaim, Pol::ConfigLock) => {
+            write_refused
+        }
         (Op::Destroy, Pol::Permanent) => [ACCES; 5],
         _ => write,
     }
@@ -101,6 +107,8 @@ fn run(e: &mut Engine, op: Op, cred: &Credential) -> Option<Errno> {
             .process_start(cred, 50, None, &Spawn::Inherit)
             .and_then(|_| e.associate(cred, 50, PART)),
         Op::ResetHighest => e.reset_highest(cred, PART).map(drop),
+        Op::ReportUsage => e.report_usage(cred, PART, MIB),
+        Op::WithdrawReclaim => e.withdraw_reclaim(cred, PART).map(drop),
     };
     result.err().map(|err| err.errno)
 }
@@ -119,6 +127,8 @@ fn every_operation_by_every_caller_under_every_policy() {
         Op::Destroy,
         Op::Associate,
         Op::ResetHighest,
+        Op::ReportUsage,
+        Op::WithdrawReclaim,
     ];
     for pol in [Pol::None, Pol::Terminal, Pol::ConfigLock, Pol::Permanent] {
         for op in ops {
