@@ -823,3 +823,63 @@ fn assoc_flags_and_disassoc_change_the_callers_shell() {
         "{out}"
     );
 }
+
+/// The three inheritance modes through `mpctl run`: by default the command keeps what it
+/// inherited and gains `--part`; `--only --part P` (SETMPART) gives exactly P (and
+/// sysram's sys, as P is not sysram); `--only` alone (the alternate mode) keeps only the
+/// parent's sysram partition. Each command's own child (`mpctl ps` of its parent) shows it.
+#[test]
+fn run_spawns_under_each_inheritance_mode() {
+    let rig = Rig::new("modes");
+    for p in [
+        "/partition/mem/sysram/apps",
+        "/partition/mem/fast/box",
+        "/partition/mem/fast/other",
+    ] {
+        rig.ok(0, &["create", p, "--max", "8M", "--mode", "777"]);
+    }
+    let m = binary("mpctl").display().to_string();
+    let other = "/partition/mem/fast/other";
+    let script = format!(
+        "{m} run --part {other} -- /bin/sh -c '{m} --json ps' && \
+         {m} run --only --part {other} -- /bin/sh -c '{m} --json ps' && \
+         {m} run --only -- /bin/sh -c '{m} --json ps'"
+    );
+    let out = rig.ok(
+        1000,
+        &[
+            "run",
+            "--part",
+            "/partition/mem/sysram/apps",
+            "--part",
+            "/partition/mem/fast/box",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ],
+    );
+    let views: Vec<Vec<String>> = out
+        .lines()
+        .map(|l| {
+            let value: serde_json::Value = serde_json::from_str(l).expect("json");
+            let mut paths: Vec<String> = value
+                .as_array()
+                .expect("list")
+                .iter()
+                .filter_map(|a| a["path"].as_str().map(String::from))
+                .collect();
+            paths.sort();
+            paths
+        })
+        .collect();
+    assert_eq!(
+        views,
+        vec![
+            vec![other.to_string(), "/partition/mem/sysram/apps".to_string()],
+            vec![other.to_string(), "/partition/mem/sysram/sys".to_string()],
+            vec!["/partition/mem/sysram/apps".to_string()],
+        ],
+        "{out}"
+    );
+}

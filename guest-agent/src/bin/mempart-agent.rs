@@ -127,6 +127,9 @@ fn parent_of(pid: u32) -> Option<u32> {
 struct Agent {
     upstream: Writer,
     routes: Mutex<Routes>,
+    /// Held from deciding to register a process until its `ProcessStart` is sent, so a
+    /// client's own requests never overtake its registration by the fork follower.
+    registering: Mutex<()>,
     /// Mutating responses held until the cgroup mirror has caught up (when mirroring).
     mirror_queue: Option<Sender<MirrorWork>>,
 }
@@ -161,6 +164,7 @@ impl Agent {
                 | Op::SetLimits { .. }
                 | Op::Associate { .. }
                 | Op::Disassociate { .. }
+                | Op::ProcessStart { .. }
         );
         self.send(
             Route::Client {
@@ -409,6 +413,7 @@ impl Agent {
                     return;
                 }
             };
+            let _registering = lock(&self.registering);
             let new = {
                 let mut routes = lock(&self.routes);
                 routes.registered.contains(&fork.parent)
@@ -459,6 +464,7 @@ impl Agent {
         }
         // Every process that talks to the agent is tracked; it inherits from its parent
         // when the agent registered the parent too.
+        let registering = lock(&self.registering);
         let register = {
             let mut routes = lock(&self.routes);
             routes.clients.insert(client, Arc::clone(&writer));
@@ -479,6 +485,7 @@ impl Agent {
             )?;
             self.watch_exit(peer.pid)?;
         }
+        drop(registering);
         let result = loop {
             let frame: ClientFrame = match read_frame(&mut reader) {
                 Ok(frame) => frame,
@@ -607,6 +614,7 @@ fn main() -> anyhow::Result<()> {
     let agent = Arc::new(Agent {
         upstream: Arc::new(Mutex::new(writer)),
         routes: Mutex::new(Routes::default()),
+        registering: Mutex::new(()),
         mirror_queue,
     });
     let router = {

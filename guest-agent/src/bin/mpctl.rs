@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use guest_agent::{DEFAULT_SOCKET, SOCKET_ENV};
 use protocol::{
     parse_size, Client, Credential, EntryKind, EventFilter, Grant, Limits, Op, PartitionMetrics,
-    Policy, Reply, ServerFrame, WireError, UNLIMITED,
+    Policy, Reply, ServerFrame, Spawn, WireError, UNLIMITED,
 };
 
 /// Browse and shape memory partitions from inside the guest.
@@ -137,11 +137,18 @@ enum Cmd {
         #[arg(long)]
         pid: Option<u32>,
     },
-    /// Associate with partitions, then run a command in their place (like numactl).
+    /// Associate with partitions, then run a command in their place (like numactl). The
+    /// command keeps what mpctl inherited from its parent (your shell) and gains each
+    /// --part; with --only it starts afresh instead (SETMPART).
     Run {
         /// A partition or group; repeat for more.
-        #[arg(long = "part", required = true)]
+        #[arg(long = "part", required_unless_present = "only")]
         parts: Vec<String>,
+        /// Inherit nothing but what SETMPART gives: exactly the --part partitions (sysram's
+        /// sys when none is a sysram partition), or with no --part only the parent's
+        /// sysram partition (the alternate mode). The parent must be tracked.
+        #[arg(long)]
+        only: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -443,13 +450,28 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Cmd::Run { parts, command } => {
+        Cmd::Run {
+            parts,
+            only,
+            command,
+        } => {
             let me = std::process::id();
-            for part in parts {
-                call(Op::Associate {
+            if only {
+                // Registered as an ordinary child when it connected: start over as one
+                // spawned with SETMPART.
+                call(Op::ProcessExit { pid: me })?;
+                call(Op::ProcessStart {
                     pid: me,
-                    path: part,
+                    parent: Some(parent),
+                    spawn: Spawn::SetMpart(parts),
                 })?;
+            } else {
+                for part in parts {
+                    call(Op::Associate {
+                        pid: me,
+                        path: part,
+                    })?;
+                }
             }
             let (program, args) = command
                 .split_first()
