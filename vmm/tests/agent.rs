@@ -149,6 +149,16 @@ impl Rig {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `script` in a shell that `mpctl run` (as `uid`) put into `parts`; its output.
+    fn in_shell(&self, uid: u32, parts: &[&str], script: &str) -> String {
+        let mut args = vec!["run"];
+        for part in parts {
+            args.extend(["--part", part]);
+        }
+        args.extend(["--", "/bin/sh", "-c", script]);
+        self.ok(uid, &args)
+    }
+
     fn refused(&self, uid: u32, args: &[&str], errno: &str) {
         let out = self.mpctl(uid, args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -724,10 +734,7 @@ fn the_partition_view_lists_processes_and_prints_metrics() {
 
     // A shell run into the partition finds itself listed there, as a link to its /proc.
     let listing = format!("echo $$; ls {}", at("mem/sysram/apps"));
-    let out = rig.ok(
-        1000,
-        &["run", "--part", apps, "--", "/bin/sh", "-c", &listing],
-    );
+    let out = rig.in_shell(1000, &[apps], &listing);
     let mut lines = out.lines();
     let shell = lines.next().expect("pid").to_string();
     let names: Vec<&str> = lines.collect();
@@ -738,10 +745,7 @@ fn the_partition_view_lists_processes_and_prints_metrics() {
         at("mem/sysram/apps"),
         at("mem/sysram/apps/metrics")
     );
-    let out = rig.ok(
-        1000,
-        &["run", "--part", apps, "--", "/bin/sh", "-c", &reading],
-    );
+    let out = rig.in_shell(1000, &[apps], &reading);
     let mut lines = out.lines();
     let link = lines.next().expect("link");
     assert!(link.starts_with("/proc/"), "{out}");
@@ -791,18 +795,7 @@ fn assoc_flags_and_disassoc_change_the_callers_shell() {
         "{m} assoc {boxed} && {m} ps && {m} flags {boxed} --no-inherit on && \
          {m} --json ps && {m} disassoc {boxed} && {m} ps"
     );
-    let out = rig.ok(
-        1000,
-        &[
-            "run",
-            "--part",
-            "/partition/mem/sysram/sys",
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ],
-    );
+    let out = rig.in_shell(1000, &["/partition/mem/sysram/sys"], &script);
     let rest: Vec<&str> = out.lines().collect();
     assert_eq!(
         rest.first().copied(),
@@ -845,19 +838,10 @@ fn run_spawns_under_each_inheritance_mode() {
          {m} run --only --part {other} -- /bin/sh -c '{m} --json ps' && \
          {m} run --only -- /bin/sh -c '{m} --json ps'"
     );
-    let out = rig.ok(
+    let out = rig.in_shell(
         1000,
-        &[
-            "run",
-            "--part",
-            "/partition/mem/sysram/apps",
-            "--part",
-            "/partition/mem/fast/box",
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ],
+        &["/partition/mem/sysram/apps", "/partition/mem/fast/box"],
+        &script,
     );
     let views: Vec<Vec<String>> = out
         .lines()
