@@ -64,6 +64,54 @@ fn round_trip(c: &mut Criterion) {
     });
 }
 
+/// The median and 99th percentile of `samples` timings of `once`, in microseconds.
+fn percentiles(samples: usize, mut once: impl FnMut()) -> (f64, f64) {
+    let mut times: Vec<Duration> = (0..samples)
+        .map(|_| {
+            let start = Instant::now();
+            once();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    let at = |q: f64| {
+        let i = ((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1));
+        times.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    (at(0.50), at(0.99))
+}
+
+/// Median and p99 of one request's round trip, beside the socket echo's, each over
+/// 20,000 requests one after another.
+fn tail_latency(_: &mut Criterion) {
+    use std::io::{Read, Write};
+    const SAMPLES: usize = 20_000;
+    let (mut ours, mut theirs) = UnixStream::pair().expect("socket pair");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while theirs.read_exact(&mut buf).is_ok() {
+            if theirs.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = [0u8; 64];
+    let (echo_median, echo_p99) = percentiles(SAMPLES, || {
+        ours.write_all(&buf).expect("write");
+        ours.read_exact(&mut buf).expect("read");
+    });
+    let service = service();
+    let mut one = client(&service);
+    let me = Credential::guest(0, 0);
+    let (median, p99) = percentiles(SAMPLES, || {
+        one.call(&me, metrics_op()).expect("io").expect("reply");
+    });
+    println!(
+        "round trip: median {median:.1} µs, p99 {p99:.1} µs \
+         (socket echo: median {echo_median:.1} µs, p99 {echo_p99:.1} µs)"
+    );
+}
+
 /// Requests per second with `clients` clients each calling in a loop for `span`.
 fn throughput(clients: usize, span: Duration) -> f64 {
     let service = service();
@@ -100,6 +148,7 @@ mod entry {
         benches,
         super::socket_echo,
         super::round_trip,
+        super::tail_latency,
         super::concurrency
     );
 }
