@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
@@ -338,53 +337,56 @@ fn link_target(path: &str, kind: &Kind) -> String {
     }
 }
 
+/// `key value` lines.
+fn key_values(pairs: &[(&str, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(key, value)| format!("{key} {value}\n"))
+        .collect()
+}
+
 /// The text of a partition's `metrics` file: one `key value` line per figure, sizes in
 /// bytes, as cgroup's `memory.stat` has them.
 pub fn render_partition(m: &PartitionMetrics) -> String {
-    let mut s = String::new();
-    let c = &m.current;
-    let made = &m.created;
-    let flag = |b: bool| u8::from(b);
-    let _ = writeln!(s, "type {:?}", m.kind);
-    let _ = writeln!(s, "min {}", c.limits.min);
-    let _ = writeln!(s, "max {}", c.limits.max);
-    match m.pending_max {
-        Some(max) => {
-            let _ = writeln!(s, "pending_max {max}");
-        }
-        None => {
-            let _ = writeln!(s, "pending_max none");
-        }
-    }
-    let _ = writeln!(s, "used {}", m.used);
-    let _ = writeln!(s, "own {}", m.own);
-    let _ = writeln!(s, "charge {}", m.charge);
-    let _ = writeln!(s, "highest {}", m.highest);
-    let _ = writeln!(s, "reserved_unused {}", m.reserved_unused);
-    let _ = writeln!(s, "processes {}", m.processes.len());
-    let _ = writeln!(s, "objects {}", m.objects);
-    let _ = writeln!(s, "mode {:03o}", c.perm.mode);
-    let _ = writeln!(s, "uid {}", c.perm.uid);
-    let _ = writeln!(s, "gid {}", c.perm.gid);
-    let _ = writeln!(s, "terminal {}", flag(c.policies.terminal));
-    let _ = writeln!(s, "config_lock {}", flag(c.policies.config_lock));
-    let _ = writeln!(s, "permanent {}", flag(c.policies.permanent));
-    let _ = writeln!(s, "created_min {}", made.limits.min);
-    let _ = writeln!(s, "created_max {}", made.limits.max);
-    let _ = writeln!(s, "created_mode {:03o}", made.perm.mode);
-    s
+    let (now, made) = (&m.current, &m.created);
+    let flag = |b: bool| u8::from(b).to_string();
+    key_values(&[
+        ("type", format!("{:?}", m.kind)),
+        ("min", now.limits.min.to_string()),
+        ("max", now.limits.max.to_string()),
+        (
+            "pending_max",
+            m.pending_max.map_or("none".into(), |max| max.to_string()),
+        ),
+        ("used", m.used.to_string()),
+        ("own", m.own.to_string()),
+        ("charge", m.charge.to_string()),
+        ("highest", m.highest.to_string()),
+        ("reserved_unused", m.reserved_unused.to_string()),
+        ("processes", m.processes.len().to_string()),
+        ("objects", m.objects.to_string()),
+        ("mode", format!("{:03o}", now.perm.mode)),
+        ("uid", now.perm.uid.to_string()),
+        ("gid", now.perm.gid.to_string()),
+        ("terminal", flag(now.policies.terminal)),
+        ("config_lock", flag(now.policies.config_lock)),
+        ("permanent", flag(now.policies.permanent)),
+        ("created_min", made.limits.min.to_string()),
+        ("created_max", made.limits.max.to_string()),
+        ("created_mode", format!("{:03o}", made.perm.mode)),
+    ])
 }
 
 /// The text of a class's `metrics` file.
 pub fn render_class(c: &ClassMetrics) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "size {}", c.size);
-    let _ = writeln!(s, "unit {}", c.unit);
-    let _ = writeln!(s, "allocated {}", c.allocated);
-    let _ = writeln!(s, "reserved_unused {}", c.reserved_unused);
-    let _ = writeln!(s, "free {}", c.free);
-    let _ = writeln!(s, "highest_allocated {}", c.highest_allocated);
-    s
+    key_values(&[
+        ("size", c.size.to_string()),
+        ("unit", c.unit.to_string()),
+        ("allocated", c.allocated.to_string()),
+        ("reserved_unused", c.reserved_unused.to_string()),
+        ("free", c.free.to_string()),
+        ("highest_allocated", c.highest_allocated.to_string()),
+    ])
 }
 
 impl Filesystem for PartitionView {

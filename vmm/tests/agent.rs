@@ -866,4 +866,26 @@ fn run_spawns_under_each_inheritance_mode() {
         ],
         "{out}"
     );
+    // The alternate mode under a parent the agent does not track (this test): sys.
+    let alone = rig.ok(
+        0,
+        &["run", "--only", "--", "/bin/sh", "-c", &format!("{m} ps")],
+    );
+    assert_eq!(alone, "/partition/mem/sysram/sys  inherit  0\n");
+    rig.ok(
+        0,
+        &["create", "/partition/mem/fast/private", "--mode", "700"],
+    );
+    rig.refused(
+        1002,
+        &[
+            "run",
+            "--only",
+            "--part",
+            "/partition/mem/fast/private",
+            "--",
+            "/bin/true",
+        ],
+        "EACCES",
+    );
 }

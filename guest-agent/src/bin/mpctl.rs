@@ -146,7 +146,8 @@ enum Cmd {
         parts: Vec<String>,
         /// Inherit nothing but what SETMPART gives: exactly the --part partitions (sysram's
         /// sys when none is a sysram partition), or with no --part only the parent's
-        /// sysram partition (the alternate mode). The parent must be tracked.
+        /// sysram partition (the alternate mode; sysram's sys when the parent is not
+        /// tracked).
         #[arg(long)]
         only: bool,
         /// The command and its arguments.
@@ -459,12 +460,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if only {
                 // Registered as an ordinary child when it connected: start over as one
                 // spawned with SETMPART.
+                // An untracked parent has nothing to pass on.
+                let parent = call(Op::ProcessView { pid: parent })
+                    .is_ok()
+                    .then_some(parent);
                 call(Op::ProcessExit { pid: me })?;
-                call(Op::ProcessStart {
+                let restarted = call(Op::ProcessStart {
                     pid: me,
-                    parent: Some(parent),
+                    parent,
                     spawn: Spawn::SetMpart(parts),
-                })?;
+                });
+                if let Err(e) = restarted {
+                    // Refused (e.g. no execute permission on a part): be tracked as an
+                    // ordinary child again before saying why.
+                    let _ = call(Op::ProcessStart {
+                        pid: me,
+                        parent,
+                        spawn: Spawn::Inherit,
+                    });
+                    return Err(e);
+                }
             } else {
                 for part in parts {
                     call(Op::Associate {
