@@ -6,7 +6,7 @@
 #![allow(clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -888,4 +888,64 @@ fn run_spawns_under_each_inheritance_mode() {
         ],
         "EACCES",
     );
+}
+
+/// A client that subscribes and then stops reading is cut off once its queue fills,
+/// while another client's requests keep being answered: the agent's router never waits
+/// on one client.
+#[test]
+fn a_client_that_stops_reading_does_not_stall_the_others() {
+    use protocol::{Client, Op, ProtocolError, Reply};
+    let rig = Rig::with_args("stall", &["--no-cgroups"]);
+    let boxed = "/partition/mem/fast/box";
+    rig.ok(0, &["create", boxed, "--max", "8M"]);
+    let connect = || {
+        let stream = UnixStream::connect(rig.dir.join("agent.sock")).expect("agent");
+        // A stall shows as a failed test, not a hung one.
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .expect("timeout");
+        Client::connect(stream).expect("handshake")
+    };
+    let root = Credential::guest_root();
+    let mut sleeper = connect();
+    let subscribe = Op::Subscribe {
+        path: boxed.into(),
+        filter: mempart::EventFilter {
+            config: true,
+            ..mempart::EventFilter::default()
+        },
+        capacity: 4096,
+    };
+    let reply = sleeper.call(&root, subscribe).expect("io");
+    assert!(matches!(reply, Ok(Reply::Subscribed(_))), "{reply:?}");
+    // A small frame costs the socket's send buffer about 1 KiB, so a few hundred fill
+    // it; then the agent's queue of 1024.
+    const CHANGES: u64 = 4_000;
+    let mut busy = connect();
+    for i in 0..CHANGES {
+        let change = Op::SetLimits {
+            path: boxed.into(),
+            min: None,
+            max: Some(8 * MIB + (i % 2) * 4096),
+            reclaim: false,
+        };
+        let reply = busy
+            .call(&root, change)
+            .expect("the busy client is answered");
+        assert!(reply.is_ok(), "{reply:?}");
+    }
+    let mut received = 0u64;
+    let end = loop {
+        match sleeper.next_event() {
+            Ok(_) => received += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(end, ProtocolError::Closed),
+        "the sleeper was disconnected, not left waiting: {end:?}"
+    );
+    assert!(received < CHANGES, "{received} of {CHANGES} events arrived");
+    eprintln!("the sleeper received {received} of {CHANGES} events before it was cut off");
 }

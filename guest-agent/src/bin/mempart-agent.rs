@@ -10,7 +10,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{
+    channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError,
+};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -95,12 +97,50 @@ struct Routes {
     pending: HashMap<u32, Route>,
     /// Subscription → the client that holds it.
     subscriptions: HashMap<SubId, u64>,
-    /// Client → its socket.
-    clients: HashMap<u64, Arc<Mutex<UnixStream>>>,
+    /// Client → the queue of frames its writer thread sends it.
+    clients: HashMap<u64, Outbox>,
     /// Processes the agent has registered, so a child can inherit from its parent.
     registered: HashSet<u32>,
     /// The agent's own subscriptions (configuration of mirrored partitions), by path.
     own_subs: HashMap<String, SubId>,
+}
+
+/// Frames waiting for one client; a client that lets this many pile up (it stopped
+/// reading) is disconnected rather than allowed to stall the other clients.
+const OUTBOX_FRAMES: usize = 1024;
+
+/// A client's queue of outgoing frames, and a handle on its socket to disconnect it.
+#[derive(Clone)]
+struct Outbox {
+    queue: SyncSender<ServerFrame>,
+    socket: Arc<UnixStream>,
+}
+
+impl Outbox {
+    /// Starts the thread that writes queued frames to `writer` in order.
+    fn start(mut writer: UnixStream) -> std::io::Result<Outbox> {
+        let socket = Arc::new(writer.try_clone()?);
+        let (queue, frames) = sync_channel::<ServerFrame>(OUTBOX_FRAMES);
+        std::thread::Builder::new()
+            .name("client-writer".into())
+            .stack_size(EXIT_WAITER_STACK)
+            .spawn(move || {
+                for frame in frames {
+                    if write_frame(&mut writer, &frame).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Outbox { queue, socket })
+    }
+
+    /// Queues `frame`; a client whose queue is full is cut off.
+    fn push(&self, frame: ServerFrame) {
+        if let Err(TrySendError::Full(_)) = self.queue.try_send(frame) {
+            eprintln!("mempart-agent: a client stopped reading; disconnecting it");
+            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// Most processes the agent remembers having registered.
@@ -288,7 +328,7 @@ impl Agent {
             }
             self.report_usage(mirror, &nodes, &mut reported);
             if let Some(MirrorWork::Deliver(client, frame)) = work {
-                self.deliver(client, &frame);
+                self.deliver(client, frame);
             }
         }
     }
@@ -311,10 +351,11 @@ impl Agent {
         }
     }
 
-    fn deliver(&self, client: u64, frame: &ServerFrame) {
-        let socket = lock(&self.routes).clients.get(&client).cloned();
-        if let Some(socket) = socket {
-            let _ = write_frame(&mut *lock(&socket), frame);
+    /// Queues `frame` for `client` (never blocks: the router serves every client).
+    fn deliver(&self, client: u64, frame: ServerFrame) {
+        let outbox = lock(&self.routes).clients.get(&client).cloned();
+        if let Some(outbox) = outbox {
+            outbox.push(frame);
         }
     }
 
@@ -370,7 +411,7 @@ impl Agent {
                     other => bail!("unexpected upstream frame {other:?}"),
                 }
             };
-            self.deliver(target, &frame);
+            self.deliver(target, frame);
         }
     }
 
@@ -451,23 +492,24 @@ impl Agent {
             groups: groups_of(peer.pid),
         };
         let mut reader = stream.try_clone()?;
-        let writer = Arc::new(Mutex::new(stream));
+        let mut writer = stream;
         match read_frame(&mut reader)? {
             ClientFrame::Hello { magic, version } if magic == MAGIC && version == VERSION => {
-                write_frame(&mut *lock(&writer), &ServerFrame::Welcome { version })?;
+                write_frame(&mut writer, &ServerFrame::Welcome { version })?;
             }
             _ => {
                 let reason = format!("speak protocol version {VERSION}");
-                write_frame(&mut *lock(&writer), &ServerFrame::Refused { reason })?;
+                write_frame(&mut writer, &ServerFrame::Refused { reason })?;
                 return Ok(());
             }
         }
+        let outbox = Outbox::start(writer)?;
         // Every process that talks to the agent is tracked; it inherits from its parent
         // when the agent registered the parent too.
         let registering = lock(&self.registering);
         let register = {
             let mut routes = lock(&self.routes);
-            routes.clients.insert(client, Arc::clone(&writer));
+            routes.clients.insert(client, outbox.clone());
             let parent = parent_of(peer.pid).filter(|p| routes.registered.contains(p));
             let new =
                 routes.registered.len() < MAX_REGISTERED && routes.registered.insert(peer.pid);
@@ -506,13 +548,10 @@ impl Agent {
                     message: "EPERM: agent: processes are registered by the agent, each for itself"
                         .into(),
                 };
-                write_frame(
-                    &mut *lock(&writer),
-                    &ServerFrame::Response {
-                        id,
-                        result: Err(refusal),
-                    },
-                )?;
+                outbox.push(ServerFrame::Response {
+                    id,
+                    result: Err(refusal),
+                });
                 continue;
             }
             if let Err(e) = self.forward(client, id, &caller, op) {
