@@ -74,7 +74,6 @@ pub fn follow_events(
     path: &str,
     mut each: impl FnMut(&str) -> bool,
 ) -> Result<(), CtlError> {
-    use std::io::BufRead;
     let io = |source| CtlError::Socket {
         path: sock.display().to_string(),
         source,
@@ -94,29 +93,73 @@ pub fn follow_events(
     );
     stream.write_all(request.as_bytes()).map_err(io)?;
     let mut reader = std::io::BufReader::new(stream);
-    let mut head = String::new();
-    reader.read_line(&mut head).map_err(io)?;
+    let head = bounded_line(&mut reader).map_err(io)?;
     let status: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| CtlError::NotHttp(sock.display().to_string()))?;
-    let mut line = String::new();
-    while {
-        line.clear();
-        reader.read_line(&mut line).map_err(io)? > 0 && line != "\r\n"
-    } {}
+    loop {
+        let line = bounded_line(&mut reader).map_err(io)?;
+        if line.is_empty() || line == "\r\n" {
+            break;
+        }
+    }
     if status != 200 {
         let mut body = String::new();
         reader.read_to_string(&mut body).map_err(io)?;
         return Err(refusal(status, body));
     }
-    let body = std::io::BufReader::new(chunked_transfer::Decoder::new(reader));
-    for event in body.lines() {
-        let event = event.map_err(io)?;
-        if !event.is_empty() && !each(&event) {
-            break;
+    let mut body = std::io::BufReader::new(chunked_transfer::Decoder::new(reader));
+    loop {
+        let line = bounded_line(&mut body).map_err(io)?;
+        if line.is_empty() {
+            return Ok(());
+        }
+        let event = line.trim_end_matches(['\r', '\n']);
+        if !event.is_empty() && !each(event) {
+            return Ok(());
         }
     }
-    Ok(())
+}
+
+/// The longest line `follow_events` accepts from the API (an event is far shorter).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// The next line, `\n` included (empty at the end), refused past [`MAX_LINE`] bytes.
+fn bounded_line(reader: &mut impl std::io::BufRead) -> std::io::Result<String> {
+    use std::io::{BufRead, Read};
+    let mut bytes = Vec::new();
+    reader
+        .by_ref()
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut bytes)?;
+    if bytes.len() > MAX_LINE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a line longer than {MAX_LINE} bytes"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_read_whole_and_bounded() {
+        let mut ok = std::io::Cursor::new(b"one\r\ntwo\n".to_vec());
+        assert_eq!(bounded_line(&mut ok).ok().as_deref(), Some("one\r\n"));
+        assert_eq!(bounded_line(&mut ok).ok().as_deref(), Some("two\n"));
+        assert_eq!(bounded_line(&mut ok).ok().as_deref(), Some(""));
+        let mut long = std::io::Cursor::new(vec![b'x'; MAX_LINE + 10]);
+        let refused = bounded_line(&mut long).err().map(|e| e.kind());
+        assert_eq!(refused, Some(std::io::ErrorKind::InvalidData));
+        let mut fits = std::io::Cursor::new(vec![b'x'; MAX_LINE]);
+        assert_eq!(
+            bounded_line(&mut fits).map(|l| l.len()).ok(),
+            Some(MAX_LINE)
+        );
+    }
 }
