@@ -15,7 +15,14 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 const PAGE: u64 = 4096;
-const CLASSES: [(&str, u64); 2] = [("sysram", 64 * PAGE), ("fast", 32 * PAGE)];
+/// The last class is measured: nothing allocates in it, its partitions' use is reported
+/// (as the agent reports sysram's) and kept even above a limit.
+const CLASSES: [(&str, u64); 3] = [
+    ("sysram", 64 * PAGE),
+    ("fast", 32 * PAGE),
+    (MEASURED, 48 * PAGE),
+];
+const MEASURED: &str = "measured";
 const OBJECTS: [&str; 3] = ["shm-a", "shm b", "shm-c"];
 const STEPS: usize = 250;
 const CASES: u32 = 420;
@@ -23,6 +30,8 @@ const CASES: u32 = 420;
 static OPERATIONS: AtomicUsize = AtomicUsize::new(0);
 static JUDGED_FITS: AtomicUsize = AtomicUsize::new(0);
 static JUDGED_ENOMEM: AtomicUsize = AtomicUsize::new(0);
+static REPORTS: AtomicUsize = AtomicUsize::new(0);
+static FORCED: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -96,12 +105,18 @@ enum Op {
         mode: u16,
         guest: bool,
     },
+    /// A measured partition's use as reported (up to beyond the class's size).
+    Report {
+        part: u8,
+        pages: u8,
+        guest: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let small = 0u8..12;
     prop_oneof![
-        4 => (any::<u8>(), 0u8..2, small.clone(), prop::option::of(0u8..40), any::<bool>())
+        4 => (any::<u8>(), 0u8..3, small.clone(), prop::option::of(0u8..40), any::<bool>())
             .prop_map(|(parent, class, min, max, guest)| Op::Create { parent, class, min, max, guest }),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(part, guest)| Op::Destroy { part, guest }),
         2 => (any::<u8>(), small.clone()).prop_map(|(part, min)| Op::SetMin { part, min }),
@@ -120,6 +135,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3).prop_map(|name| Op::ObjUnlink { name }),
         1 => (any::<u8>(), 0u8..3).prop_map(|(part, policy)| Op::SetPolicy { part, policy }),
         1 => (any::<u8>(), 0u16..0o1000, any::<bool>()).prop_map(|(part, mode, guest)| Op::Chmod { part, mode, guest }),
+        3 => (any::<u8>(), 0u8..60, any::<bool>()).prop_map(|(part, pages, guest)| Op::Report { part, pages, guest }),
     ]
 }
 
@@ -134,8 +150,9 @@ struct Seen {
     own: u64,
 }
 
-/// Everything the oracle needs, read through the public API only; parents are indices.
-fn observe(e: &Engine) -> Vec<Seen> {
+/// Everything the oracle needs, read through the public API only (and, for measured
+/// partitions, the use the test reported); parents are indices.
+fn observe(e: &Engine, reported: &BTreeMap<PartId, u64>) -> Vec<Seen> {
     let ids = e.partitions();
     let index: BTreeMap<PartId, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     let mut out = Vec::new();
@@ -154,7 +171,7 @@ fn observe(e: &Engine) -> Vec<Seen> {
             class: m.class,
             min: m.current.limits.min,
             limit: m.pending_max.unwrap_or(m.current.limits.max),
-            own: 0,
+            own: reported.get(id).copied().unwrap_or(0),
         });
     }
     let mut add = |id: PartId, bytes: u64| {
@@ -230,8 +247,8 @@ enum Change<'a> {
 /// Whether `change` keeps every invariant, judged from scratch: no partition whose use
 /// grows ends above its (pending) max and no class whose roots' charge grows ends above
 /// its size.
-fn fits(e: &Engine, change: Change) -> bool {
-    let mut seen = observe(e);
+fn fits(e: &Engine, reported: &BTreeMap<PartId, u64>, change: Change) -> bool {
+    let mut seen = observe(e, reported);
     let (before_used, before_roots) = recompute(&seen);
     let position = |seen: &[Seen], id: PartId| seen.iter().position(|s| s.id == Some(id));
     match change {
@@ -271,8 +288,8 @@ fn fits(e: &Engine, change: Change) -> bool {
 }
 
 /// The invariants and the engine's incremental figures against the from-scratch model.
-fn check(e: &Engine) -> Result<(), TestCaseError> {
-    let seen = observe(e);
+fn check(e: &Engine, reported: &BTreeMap<PartId, u64>) -> Result<(), TestCaseError> {
+    let seen = observe(e, reported);
     let (used, roots) = recompute(&seen);
     for (s, used) in seen.iter().zip(&used) {
         let id =
@@ -288,8 +305,9 @@ fn check(e: &Engine) -> Result<(), TestCaseError> {
             "charge of {}",
             m.path
         );
+        // A report is kept even above a limit; everything else keeps the invariant.
         prop_assert!(
-            m.used <= m.current.limits.max,
+            m.used <= m.current.limits.max || s.class == MEASURED,
             "used above max in {}",
             m.path
         );
@@ -306,12 +324,15 @@ fn check(e: &Engine) -> Result<(), TestCaseError> {
             .map(|s| s.own)
             .sum();
         prop_assert!(
-            roots[class] <= u128::from(size),
+            roots[class] <= u128::from(size) || class == MEASURED,
             "class {} over its size",
             class
         );
         prop_assert_eq!(c.allocated, own);
-        prop_assert_eq!(u128::from(c.free), u128::from(size) - roots[class]);
+        prop_assert_eq!(
+            u128::from(c.free),
+            u128::from(size).saturating_sub(roots[class])
+        );
         prop_assert_eq!(
             u128::from(c.reserved_unused),
             roots[class] - u128::from(own)
@@ -338,6 +359,7 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let host = Credential::Host;
     let guest = Credential::guest(1000, 1000);
     let mut grants: Vec<(u32, Grant)> = Vec::new();
+    let mut reported: BTreeMap<PartId, u64> = BTreeMap::new();
     let mut next_pid = 1u32;
     let mut names = 0usize;
     for op in ops {
@@ -375,6 +397,7 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .map_or(class_name(class).to_string(), |m| m.class);
                     oracle = Some(fits(
                         &e,
+                        &reported,
                         Change::Child {
                             parent: parent_id,
                             class: &class,
@@ -404,6 +427,7 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .map_err(|err| TestCaseError::fail(err.to_string()))?;
                     oracle = Some(fits(
                         &e,
+                        &reported,
                         Change::Own {
                             id,
                             delta: 0,
@@ -476,6 +500,7 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         oracle = target.map(|id| {
                             fits(
                                 &e,
+                                &reported,
                                 Change::Own {
                                     id,
                                     delta: i128::from(bytes),
@@ -519,6 +544,7 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .map_err(|err| TestCaseError::fail(err.to_string()))?;
                     oracle = Some(fits(
                         &e,
+                        &reported,
                         Change::Own {
                             id,
                             delta: i128::from(new) - i128::from(o.size),
@@ -545,6 +571,38 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Some(p) => e.chmod(&cred(g), &p, u32::from(mode)),
                 None => Ok(()),
             },
+            Op::Report {
+                part,
+                pages,
+                guest: g,
+            } => {
+                let measured: Vec<String> = paths
+                    .iter()
+                    .filter(|p| p.starts_with(&format!("/partition/mem/{MEASURED}/")))
+                    .cloned()
+                    .collect();
+                match pick(&measured, part) {
+                    Some(p) => {
+                        let own = u64::from(pages) * PAGE;
+                        let id = e
+                            .resolve_partition(&p)
+                            .map_err(|err| TestCaseError::fail(err.to_string()))?;
+                        let outcome = e.report_usage(&cred(g), &p, own);
+                        if outcome.is_ok() {
+                            reported.insert(id, own);
+                            REPORTS.fetch_add(1, Ordering::Relaxed);
+                            let over = e
+                                .partition_metrics(id)
+                                .is_ok_and(|m| m.used > m.current.limits.max);
+                            if over {
+                                FORCED.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        outcome
+                    }
+                    None => Ok(()),
+                }
+            }
         };
         match &result {
             Ok(()) => {
@@ -563,7 +621,8 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
         }
-        check(&e)?;
+        reported.retain(|id, _| e.partition_metrics(*id).is_ok());
+        check(&e, &reported)?;
     }
     Ok(())
 }
@@ -591,4 +650,13 @@ fn random_operation_sequences_keep_the_model_exact() {
         fit >= 5_000 && enomem >= 1_000,
         "too few judged outcomes: {fit} fits, {enomem} ENOMEM"
     );
+    let (reports, forced) = (
+        REPORTS.load(Ordering::Relaxed),
+        FORCED.load(Ordering::Relaxed),
+    );
+    assert!(
+        reports >= 1_000 && forced >= 100,
+        "only {reports} reports were accepted, {forced} of them above a max"
+    );
+    eprintln!("{checked} operations, {fit} fits and {enomem} ENOMEM judged, {reports} reports ({forced} above a max)");
 }
