@@ -383,12 +383,16 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
     Ok(value)
 }
 
+/// Most pushed frames a [`Client`] keeps while it waits for responses; beyond that the
+/// oldest are dropped (a peer that floods events cannot grow the client without bound).
+pub const MAX_BUFFERED_EVENTS: usize = 4096;
+
 /// A blocking client: the handshake, then requests answered in order; events that arrive
-/// meanwhile are kept for [`Client::events`].
+/// meanwhile are kept (at most [`MAX_BUFFERED_EVENTS`]) for [`Client::events`].
 pub struct Client<S: Read + Write> {
     stream: S,
     next_id: u32,
-    events: Vec<ServerFrame>,
+    events: std::collections::VecDeque<ServerFrame>,
 }
 
 impl<S: Read + Write> Client<S> {
@@ -405,7 +409,7 @@ impl<S: Read + Write> Client<S> {
             ServerFrame::Welcome { version } if version == VERSION => Ok(Client {
                 stream,
                 next_id: 1,
-                events: Vec::new(),
+                events: std::collections::VecDeque::new(),
             }),
             ServerFrame::Refused { reason } => Err(ProtocolError::Handshake(reason)),
             other => Err(ProtocolError::Handshake(format!("unexpected {other:?}"))),
@@ -432,7 +436,10 @@ impl<S: Read + Write> Client<S> {
             match read_frame(&mut self.stream)? {
                 ServerFrame::Response { id: got, result } if got == id => return Ok(result),
                 frame @ (ServerFrame::Event { .. } | ServerFrame::Missed { .. }) => {
-                    self.events.push(frame)
+                    if self.events.len() == MAX_BUFFERED_EVENTS {
+                        self.events.pop_front();
+                    }
+                    self.events.push_back(frame)
                 }
                 other => return Err(ProtocolError::Decode(format!("unexpected {other:?}"))),
             }
@@ -441,15 +448,15 @@ impl<S: Read + Write> Client<S> {
 
     /// Waits for the next pushed event (or missed count), returning any already received first.
     pub fn next_event(&mut self) -> Result<ServerFrame, ProtocolError> {
-        if !self.events.is_empty() {
-            return Ok(self.events.remove(0));
+        match self.events.pop_front() {
+            Some(frame) => Ok(frame),
+            None => read_frame(&mut self.stream),
         }
-        read_frame(&mut self.stream)
     }
 
     /// Events received while waiting for responses.
     pub fn events(&mut self) -> Vec<ServerFrame> {
-        std::mem::take(&mut self.events)
+        self.events.drain(..).collect()
     }
 }
 
@@ -457,6 +464,74 @@ impl<S: Read + Write> Client<S> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A byte stream whose reads come from a script and whose writes are kept.
+    struct Scripted {
+        input: std::io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.output.write(buf)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_client_keeps_a_bounded_number_of_pushed_frames() {
+        let mut engine = mempart::Engine::new(&[mempart::ClassSpec::new("sysram", 1 << 20)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sub = engine
+            .subscribe(
+                &Credential::Host,
+                "/partition/mem/sysram",
+                EventFilter::default(),
+                1,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut wire = Vec::new();
+        let mut put = |frame: &ServerFrame| {
+            write_frame(&mut wire, frame).unwrap_or_else(|e| panic!("{e}"));
+        };
+        put(&ServerFrame::Welcome { version: VERSION });
+        let flood = MAX_BUFFERED_EVENTS as u64 + 10;
+        for count in 0..flood {
+            put(&ServerFrame::Missed { sub, count });
+        }
+        put(&ServerFrame::Response {
+            id: 1,
+            result: Ok(Reply::Done),
+        });
+        let stream = Scripted {
+            input: std::io::Cursor::new(wire),
+            output: Vec::new(),
+        };
+        let mut client = Client::connect(stream).unwrap_or_else(|e| panic!("{e}"));
+        let answer = client.call(
+            &Credential::Host,
+            Op::List {
+                path: "/partition/mem".into(),
+            },
+        );
+        assert!(matches!(answer, Ok(Ok(Reply::Done))), "{answer:?}");
+        let kept = client.events();
+        assert_eq!(kept.len(), MAX_BUFFERED_EVENTS);
+        assert!(
+            matches!(kept.first(), Some(ServerFrame::Missed { count: 10, .. })),
+            "the oldest were dropped: {:?}",
+            kept.first()
+        );
+    }
 
     #[test]
     fn frames_round_trip() {
