@@ -658,7 +658,12 @@ fn main() -> anyhow::Result<()> {
     });
     let router = {
         let agent = Arc::clone(&agent);
-        std::thread::spawn(move || agent.route_upstream(reader))
+        std::thread::spawn(move || {
+            let ended = agent.route_upstream(reader);
+            // Nobody will answer now: whoever waits (the view, the mirror) hears so.
+            lock(&agent.routes).pending.clear();
+            ended
+        })
     };
     if let Some((mirror, queue)) = mirror {
         // The first sync enables the memory controller and builds the groups before any
