@@ -34,10 +34,10 @@ fn metrics_op() -> Op {
     }
 }
 
-/// The floor: 64 bytes echoed by a thread over a unix socket pair, no protocol.
-fn socket_echo(c: &mut Criterion) {
+/// One end of a unix socket pair whose other end a thread echoes 64 bytes at a time.
+fn echo_socket() -> UnixStream {
     use std::io::{Read, Write};
-    let (mut ours, mut theirs) = UnixStream::pair().expect("socket pair");
+    let (ours, mut theirs) = UnixStream::pair().expect("socket pair");
     std::thread::spawn(move || {
         let mut buf = [0u8; 64];
         while theirs.read_exact(&mut buf).is_ok() {
@@ -46,12 +46,22 @@ fn socket_echo(c: &mut Criterion) {
             }
         }
     });
+    ours
+}
+
+/// One 64-byte echo over `socket`.
+fn echo_once(socket: &mut UnixStream, buf: &mut [u8; 64]) {
+    use std::io::{Read, Write};
+    socket.write_all(buf).expect("write");
+    socket.read_exact(buf).expect("read");
+}
+
+/// The floor: 64 bytes echoed by a thread over a unix socket pair, no protocol.
+fn socket_echo(c: &mut Criterion) {
+    let mut ours = echo_socket();
     let mut buf = [0u8; 64];
     c.bench_function("baseline: 64-byte socket echo", |b| {
-        b.iter(|| {
-            ours.write_all(&buf).expect("write");
-            ours.read_exact(&mut buf).expect("read");
-        })
+        b.iter(|| echo_once(&mut ours, &mut buf))
     });
 }
 
@@ -84,22 +94,10 @@ fn percentiles(samples: usize, mut once: impl FnMut()) -> (f64, f64) {
 /// Median and p99 of one request's round trip, beside the socket echo's, each over
 /// 20,000 requests one after another.
 fn tail_latency(_: &mut Criterion) {
-    use std::io::{Read, Write};
     const SAMPLES: usize = 20_000;
-    let (mut ours, mut theirs) = UnixStream::pair().expect("socket pair");
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while theirs.read_exact(&mut buf).is_ok() {
-            if theirs.write_all(&buf).is_err() {
-                break;
-            }
-        }
-    });
+    let mut ours = echo_socket();
     let mut buf = [0u8; 64];
-    let (echo_median, echo_p99) = percentiles(SAMPLES, || {
-        ours.write_all(&buf).expect("write");
-        ours.read_exact(&mut buf).expect("read");
-    });
+    let (echo_median, echo_p99) = percentiles(SAMPLES, || echo_once(&mut ours, &mut buf));
     let service = service();
     let mut one = client(&service);
     let me = Credential::guest(0, 0);
