@@ -949,3 +949,28 @@ fn a_client_that_stops_reading_does_not_stall_the_others() {
     assert!(received < CHANGES, "{received} of {CHANGES} events arrived");
     eprintln!("the sleeper received {received} of {CHANGES} events before it was cut off");
 }
+
+/// The agent serves a bounded number of clients: one more is refused at its handshake,
+/// and those seated carry on.
+#[test]
+fn clients_beyond_the_limit_are_refused_at_the_handshake() {
+    use protocol::{Client, Op, ProtocolError};
+    let rig = Rig::with_args("seats", &["--max-clients", "2", "--no-cgroups"]);
+    let connect =
+        || Client::connect(UnixStream::connect(rig.dir.join("agent.sock")).expect("agent"));
+    let mut seated = [connect().expect("first"), connect().expect("second")];
+    let refused = connect().err();
+    assert!(
+        matches!(&refused, Some(ProtocolError::Handshake(reason)) if reason.contains("2 clients at most")),
+        "{refused:?}"
+    );
+    for client in &mut seated {
+        let listing = client.call(
+            &Credential::guest_root(),
+            Op::List {
+                path: "/partition/mem".into(),
+            },
+        );
+        assert!(matches!(listing, Ok(Ok(_))), "{listing:?}");
+    }
+}

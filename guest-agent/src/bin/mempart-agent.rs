@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{
     channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError,
 };
@@ -59,6 +60,18 @@ struct Args {
     /// the VMM with the reader's identity.
     #[arg(long, value_name = "DIR")]
     view: Option<PathBuf>,
+    /// Most clients served at once; one more is refused at its handshake.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    max_clients: u16,
+}
+
+/// One client being served; the count of them drops when it leaves.
+struct Seat(Arc<AtomicUsize>);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What the cgroup mirror's thread does next.
@@ -705,15 +718,24 @@ fn main() -> anyhow::Result<()> {
     );
     let _ = std::io::Write::flush(&mut std::io::stdout());
     let mut next_client = 0u64;
+    let seated = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         if router.is_finished() {
             break;
         }
-        let Ok(stream) = stream else { continue };
+        let Ok(mut stream) = stream else { continue };
+        if seated.load(Ordering::SeqCst) >= usize::from(args.max_clients) {
+            let reason = format!("the agent serves {} clients at most", args.max_clients);
+            let _ = write_frame(&mut stream, &ServerFrame::Refused { reason });
+            continue;
+        }
+        seated.fetch_add(1, Ordering::SeqCst);
+        let seat = Seat(Arc::clone(&seated));
         next_client += 1;
         let agent = Arc::clone(&agent);
         let client = next_client;
         std::thread::spawn(move || {
+            let _seat = seat;
             if let Err(e) = agent.serve_client(client, stream) {
                 let closed = e
                     .downcast_ref::<protocol::ProtocolError>()
