@@ -68,6 +68,21 @@ struct Args {
 /// One client being served; the count of them drops when it leaves.
 struct Seat(Arc<AtomicUsize>);
 
+impl Seat {
+    /// A seat among at most `most`, or `Err(most)` when all are taken.
+    fn take(seated: &Arc<AtomicUsize>, most: u16) -> Result<Seat, u16> {
+        seated
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < usize::from(most)).then_some(n + 1)
+            })
+            .map(|_| Seat(Arc::clone(seated)))
+            .map_err(|_| most)
+    }
+}
+
+/// How long a new client has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Drop for Seat {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
@@ -497,7 +512,14 @@ impl Agent {
     }
 
     /// Serves one local client until it leaves.
-    fn serve_client(self: &Arc<Self>, client: u64, stream: UnixStream) -> anyhow::Result<()> {
+    /// Serves one local client until it leaves; without a `seat` (too many clients) it is
+    /// refused once it has said hello.
+    fn serve_client(
+        self: &Arc<Self>,
+        client: u64,
+        stream: UnixStream,
+        seat: Result<Seat, u16>,
+    ) -> anyhow::Result<()> {
         let peer: Peer = peer_of(&stream).context("SO_PEERCRED")?;
         let caller = Credential::Guest {
             uid: peer.uid,
@@ -506,16 +528,25 @@ impl Agent {
         };
         let mut reader = stream.try_clone()?;
         let mut writer = stream;
-        match read_frame(&mut reader)? {
-            ClientFrame::Hello { magic, version } if magic == MAGIC && version == VERSION => {
-                write_frame(&mut writer, &ServerFrame::Welcome { version })?;
+        // A client that never says hello does not hold its thread for long.
+        reader.set_read_timeout(Some(HELLO_TIMEOUT))?;
+        let hello = read_frame(&mut reader)?;
+        reader.set_read_timeout(None)?;
+        let refusal = match (hello, &seat) {
+            (ClientFrame::Hello { magic, version }, _) if magic != MAGIC || version != VERSION => {
+                Some(format!("speak protocol version {VERSION}"))
             }
-            _ => {
-                let reason = format!("speak protocol version {VERSION}");
-                write_frame(&mut writer, &ServerFrame::Refused { reason })?;
-                return Ok(());
+            (ClientFrame::Hello { .. }, Err(most)) => {
+                Some(format!("the agent serves {most} clients at most"))
             }
+            (ClientFrame::Hello { .. }, Ok(_)) => None,
+            _ => Some(format!("speak protocol version {VERSION}")),
+        };
+        if let Some(reason) = refusal {
+            write_frame(&mut writer, &ServerFrame::Refused { reason })?;
+            return Ok(());
         }
+        write_frame(&mut writer, &ServerFrame::Welcome { version: VERSION })?;
         let outbox = Outbox::start(writer)?;
         // Every process that talks to the agent is tracked; it inherits from its parent
         // when the agent registered the parent too.
@@ -723,20 +754,13 @@ fn main() -> anyhow::Result<()> {
         if router.is_finished() {
             break;
         }
-        let Ok(mut stream) = stream else { continue };
-        if seated.load(Ordering::SeqCst) >= usize::from(args.max_clients) {
-            let reason = format!("the agent serves {} clients at most", args.max_clients);
-            let _ = write_frame(&mut stream, &ServerFrame::Refused { reason });
-            continue;
-        }
-        seated.fetch_add(1, Ordering::SeqCst);
-        let seat = Seat(Arc::clone(&seated));
+        let Ok(stream) = stream else { continue };
+        let seat = Seat::take(&seated, args.max_clients);
         next_client += 1;
         let agent = Arc::clone(&agent);
         let client = next_client;
         std::thread::spawn(move || {
-            let _seat = seat;
-            if let Err(e) = agent.serve_client(client, stream) {
+            if let Err(e) = agent.serve_client(client, stream, seat) {
                 let closed = e
                     .downcast_ref::<protocol::ProtocolError>()
                     .is_some_and(|e| matches!(e, protocol::ProtocolError::Closed));
