@@ -17,6 +17,9 @@
 
 use std::io::{Read, Write};
 
+#[cfg(feature = "cli")]
+pub mod cli;
+
 pub use mempart::topology::parse_size;
 pub use mempart::{
     Association, ClassMetrics, Credential, DirEntry, EntryKind, Event, EventFilter, EventKind,

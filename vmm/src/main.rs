@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mempart::topology::Topology;
 use mempart::{ClassSpec, Credential, Engine, UNLIMITED};
+use protocol::cli::{parse_mode, parse_owner, NodeVerb};
 use vmm::config::{parse_class, parse_serial, with_sysram};
 use vmm::memory::ClassBacking;
 use vmm::reclaim::{ReclaimState, ReclaimStatus};
@@ -231,39 +232,8 @@ enum Verb {
         /// The path.
         path: String,
     },
-    /// Destroy a partition, group or pseudo partition.
-    Destroy {
-        /// The path.
-        path: String,
-    },
-    /// Change mode bits (octal), as the host.
-    Chmod {
-        /// Mode, e.g. 750.
-        mode: String,
-        /// The path.
-        path: String,
-    },
-    /// Change owner and group (UID:GID), as the host.
-    Chown {
-        /// Owner and group, numeric.
-        owner: String,
-        /// The path.
-        path: String,
-    },
-    /// Set a one-way policy: terminal, config_lock or permanent.
-    Policy {
-        /// The path.
-        path: String,
-        /// The policy.
-        policy: String,
-    },
-    /// Create a pseudo partition in a group naming a real partition.
-    Pseudo {
-        /// /partition/mem/<group>/<name>.
-        pseudo: String,
-        /// The real partition.
-        target: String,
-    },
+    #[command(flatten)]
+    Node(NodeVerb),
     /// Prometheus metrics.
     Metrics,
     /// The balloon's figures; --target sets its target in 4 KiB pages.
@@ -298,9 +268,9 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCod
         } => {
             let mode = mode
                 .as_deref()
-                .map(|m| u32::from_str_radix(m, 8))
+                .map(parse_mode)
                 .transpose()
-                .map_err(|_| anyhow::anyhow!("--mode {mode:?} is not octal"))?;
+                .map_err(anyhow::Error::msg)?;
             let body = serde_json::json!({ "min": size(min)?, "max": size(max)?, "mode": mode });
             ("POST", path.clone(), body.to_string())
         }
@@ -320,29 +290,28 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCod
             })?;
             return Ok(ExitCode::SUCCESS);
         }
-        Verb::Destroy { path } => ("DELETE", path.clone(), String::new()),
-        Verb::Chmod { mode, path } => {
-            let mode = u32::from_str_radix(mode, 8)
-                .map_err(|_| anyhow::anyhow!("mode {mode:?} is not octal"))?;
+        Verb::Node(NodeVerb::Destroy { path }) => ("DELETE", path.clone(), String::new()),
+        Verb::Node(NodeVerb::Chmod { mode, path }) => {
+            let mode = parse_mode(mode).map_err(anyhow::Error::msg)?;
             let body = serde_json::json!({ "mode": mode });
             ("PATCH", path.clone(), body.to_string())
         }
-        Verb::Chown { owner, path } => {
-            let (uid, gid) = owner
-                .split_once(':')
-                .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)))
-                .ok_or_else(|| anyhow::anyhow!("owner {owner:?} is not UID:GID"))?;
-            let body = serde_json::json!({ "uid": uid, "gid": gid });
+        Verb::Node(NodeVerb::Chown { owner, path }) => {
+            let owner = parse_owner(owner).map_err(anyhow::Error::msg)?;
+            let body = serde_json::json!({ "uid": owner.uid, "gid": owner.gid });
             ("PATCH", path.clone(), body.to_string())
         }
-        Verb::Policy { path, policy } => {
-            let body = serde_json::json!({ "policy": policy });
-            ("PATCH", path.clone(), body.to_string())
-        }
-        Verb::Pseudo { pseudo, target } => {
-            let body = serde_json::json!({ "link": target });
-            ("POST", pseudo.clone(), body.to_string())
-        }
+        // The API names the policies it knows.
+        Verb::Node(NodeVerb::Policy { path, policy }) => (
+            "PATCH",
+            path.clone(),
+            serde_json::json!({ "policy": policy }).to_string(),
+        ),
+        Verb::Node(NodeVerb::Pseudo { pseudo, target }) => (
+            "POST",
+            pseudo.clone(),
+            serde_json::json!({ "link": target }).to_string(),
+        ),
         Verb::Metrics => ("GET", "/metrics".to_string(), String::new()),
         Verb::Balloon { target: Some(t) } => (
             "PUT",
@@ -446,20 +415,16 @@ fn reclaim(
             }
             shown = Some(moved);
         }
-        match status.state {
-            ReclaimState::Running => {}
-            ReclaimState::Done | ReclaimState::Revoked => {
-                if !json {
-                    println!("{}", status.message);
-                }
-                return Ok(ExitCode::SUCCESS);
+        let ended = match status.state {
+            ReclaimState::Running => None,
+            ReclaimState::Done | ReclaimState::Revoked => Some(ExitCode::SUCCESS),
+            ReclaimState::Expired | ReclaimState::Abandoned => Some(ExitCode::FAILURE),
+        };
+        if let Some(code) = ended {
+            if !json {
+                println!("{}", status.message);
             }
-            ReclaimState::Expired | ReclaimState::Abandoned => {
-                if !json {
-                    println!("{}", status.message);
-                }
-                return Ok(ExitCode::FAILURE);
-            }
+            return Ok(code);
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         let answer = request(sock, "GET", &format!("/reclaim/{}", status.id), "")?;

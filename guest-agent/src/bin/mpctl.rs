@@ -10,9 +10,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use guest_agent::{DEFAULT_SOCKET, SOCKET_ENV};
+use protocol::cli::{parse_mode, NodeVerb};
 use protocol::{
     parse_size, Client, Credential, EntryKind, EventFilter, Grant, Limits, Op, PartitionMetrics,
-    Policy, Reply, ServerFrame, Spawn, WireError, UNLIMITED,
+    Reply, ServerFrame, Spawn, WireError, UNLIMITED,
 };
 
 /// Browse and shape memory partitions from inside the guest.
@@ -70,39 +71,8 @@ enum Cmd {
         #[arg(long)]
         reclaim: bool,
     },
-    /// Destroy a partition, group or pseudo partition.
-    Destroy {
-        /// The path.
-        path: String,
-    },
-    /// Change mode bits (octal).
-    Chmod {
-        /// Mode, e.g. 750.
-        mode: String,
-        /// The path.
-        path: String,
-    },
-    /// Change owner and group (UID:GID).
-    Chown {
-        /// Owner and group, numeric.
-        owner: String,
-        /// The path.
-        path: String,
-    },
-    /// Set a one-way policy: terminal, config_lock or permanent.
-    Policy {
-        /// The path.
-        path: String,
-        /// The policy.
-        policy: String,
-    },
-    /// Create a pseudo partition in a group naming a real partition.
-    Pseudo {
-        /// /partition/mem/<group>/<name>.
-        pseudo: String,
-        /// The real partition.
-        target: String,
-    },
+    #[command(flatten)]
+    Node(NodeVerb),
     /// Associate a process (default: mpctl's parent) with a partition or group.
     Assoc {
         /// The partition or group.
@@ -202,11 +172,6 @@ enum Cmd {
 /// Parses 4096, 4K, 64M, 1G or unlimited.
 fn size(text: &str) -> Result<u64, String> {
     parse_size(text)
-}
-
-fn mode(text: &str) -> Result<u32, String> {
-    u32::from_str_radix(text.trim_start_matches("0o"), 8)
-        .map_err(|_| format!("mode {text:?} is not octal"))
 }
 
 enum Failure {
@@ -337,7 +302,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             call(Op::Create {
                 path,
                 limits,
-                mode: mode(&m).map_err(Failure::Usage)?,
+                mode: parse_mode(&m).map_err(Failure::Usage)?,
             })?;
         }
         Cmd::Set {
@@ -361,37 +326,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Cmd::Destroy { path } => {
-            call(Op::Destroy { path })?;
-        }
-        Cmd::Chmod { mode: m, path } => {
-            call(Op::Chmod {
-                path,
-                mode: mode(&m).map_err(Failure::Usage)?,
-            })?;
-        }
-        Cmd::Chown { owner, path } => {
-            let (uid, gid) = owner
-                .split_once(':')
-                .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
-                .ok_or_else(|| Failure::Usage(format!("owner {owner:?}: use UID:GID")))?;
-            call(Op::Chown { path, uid, gid })?;
-        }
-        Cmd::Policy { path, policy } => {
-            let policy = match policy.as_str() {
-                "terminal" => Policy::Terminal,
-                "config_lock" | "config-lock" => Policy::ConfigLock,
-                "permanent" => Policy::Permanent,
-                other => {
-                    return Err(Failure::Usage(format!(
-                        "policy {other:?}: use terminal, config_lock or permanent"
-                    )))
-                }
-            };
-            call(Op::SetPolicy { path, policy })?;
-        }
-        Cmd::Pseudo { pseudo, target } => {
-            call(Op::Link { pseudo, target })?;
+        Cmd::Node(verb) => {
+            call(verb.op().map_err(Failure::Usage)?)?;
         }
         Cmd::Assoc { path, pid } => {
             call(Op::Associate {
