@@ -225,6 +225,16 @@ fn a_class_can_live_in_a_file_and_hugepages_either_work_or_are_named() {
     }
 }
 
+/// A child process killed when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn ctl_queries_and_reshapes_a_running_vm() {
     if !kvm_available() {
@@ -242,16 +252,18 @@ fn ctl_queries_and_reshapes_a_running_vm() {
         ),
     )
     .expect("config");
-    let mut vm = Command::new(VMM)
-        .args(["run", "--config"])
-        .arg(&config)
-        .arg("--kernel")
-        .arg(&kernel)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("mempart-vmm runs");
+    let mut vm = KillOnDrop(
+        Command::new(VMM)
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--kernel")
+            .arg(&kernel)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("mempart-vmm runs"),
+    );
     let mut line = String::new();
-    BufReader::new(vm.stdout.take().expect("stdout"))
+    BufReader::new(vm.0.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("the guest speaks");
     assert_eq!(line, "guest: waiting\n");
@@ -369,8 +381,6 @@ fn ctl_queries_and_reshapes_a_running_vm() {
     assert_eq!(out.status.code(), Some(0));
     let out = ctl(&["--json", "balloon"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"target_pages\":128"));
-    let _ = vm.kill();
-    let _ = vm.wait();
 }
 
 #[test]
