@@ -146,6 +146,10 @@ pub fn serve(path: &Path, vm: VmHandle, config: Value) -> std::io::Result<ApiSer
 fn answer(mut request: Request, vm: &VmHandle, config: &Value) {
     let result = body(&mut request)
         .and_then(|body| route(request.method(), request.url(), &body, vm, config));
+    if result.is_ok() && *request.method() != Method::Get {
+        // Whatever changed, the guest's followers (the agent, event streams) look again.
+        vm.service().changed();
+    }
     let (status, payload, content_type) = match result {
         Ok(Reply {
             status,
@@ -253,7 +257,7 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
         }
         (_, p) if p.starts_with(mempart::MEM_ROOT) => {
             let p = p.to_string();
-            let answer = vm.with_engine(|e| -> Answer {
+            vm.with_engine(|e| -> Answer {
                 match method {
                     Method::Get if query == "list" => json_answer(json!(e.list(&host, &p)?)),
                     Method::Get => match e.resolve(&p)? {
@@ -292,11 +296,7 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
                     }
                     _ => Err(ApiError(405, format!("{method} is not served on {p}"))),
                 }
-            });
-            if *method != Method::Get {
-                vm.service().changed();
-            }
-            answer
+            })
         }
         _ => Err(ApiError(404, format!("no endpoint {method} {path}"))),
     }
@@ -315,24 +315,20 @@ fn patch(vm: &VmHandle, path: &str, b: LimitsBody) -> Answer {
         ));
     }
     let host = Credential::Host;
-    let changed = |what: Value| {
-        vm.service().changed();
-        json_answer(what)
-    };
     if let Some(mode) = b.mode {
         vm.with_engine(|e| e.chmod(&host, path, mode))?;
-        return changed(json!({ "mode": mode }));
+        return json_answer(json!({ "mode": mode }));
     }
     if owner {
         let (Some(uid), Some(gid)) = (b.uid, b.gid) else {
             return Err(ApiError(400, "uid and gid go together".into()));
         };
         vm.with_engine(|e| e.chown(&host, path, uid, gid))?;
-        return changed(json!({ "uid": uid, "gid": gid }));
+        return json_answer(json!({ "uid": uid, "gid": gid }));
     }
     if let Some(policy) = b.policy {
         vm.with_engine(|e| e.set_policy(&host, path, policy))?;
-        return changed(json!({ "policy": policy }));
+        return json_answer(json!({ "policy": policy }));
     }
     if !b.reclaim {
         if b.deadline_ms.is_some() {
