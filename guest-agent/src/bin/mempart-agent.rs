@@ -80,14 +80,14 @@ impl Seat {
     }
 }
 
-/// How long a new client has to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl Drop for Seat {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// How long a new client has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the cgroup mirror's thread does next.
 enum MirrorWork {
@@ -131,6 +131,8 @@ struct Routes {
     registered: HashSet<u32>,
     /// The agent's own subscriptions (configuration of mirrored partitions), by path.
     own_subs: HashMap<String, SubId>,
+    /// The VMM's stream has ended: nothing more is sent or answered.
+    upstream_ended: bool,
 }
 
 /// Frames waiting for one client; a client that lets this many pile up (it stopped
@@ -151,7 +153,7 @@ impl Outbox {
         let (queue, frames) = sync_channel::<ServerFrame>(OUTBOX_FRAMES);
         std::thread::Builder::new()
             .name("client-writer".into())
-            .stack_size(EXIT_WAITER_STACK)
+            .stack_size(HELPER_STACK)
             .spawn(move || {
                 for frame in frames {
                     if write_frame(&mut writer, &frame).is_err() {
@@ -202,14 +204,18 @@ struct Agent {
     mirror_queue: Option<Sender<MirrorWork>>,
 }
 
-/// Stack size of the threads that wait for a process to exit (they only block in poll).
-const EXIT_WAITER_STACK: usize = 64 * 1024;
+/// Stack size of the agent's helper threads (exit waiters block in poll, client writers
+/// in write).
+const HELPER_STACK: usize = 64 * 1024;
 
 impl Agent {
     /// Sends `op` upstream for `caller`; its response goes where `route` says.
     fn send(&self, route: Route, caller: &Credential, op: Op) -> anyhow::Result<()> {
         let upstream_id = {
             let mut routes = lock(&self.routes);
+            if routes.upstream_ended {
+                bail!("the upstream ended");
+            }
             routes.next_id = routes.next_id.wrapping_add(1);
             let upstream_id = routes.next_id;
             routes.pending.insert(upstream_id, route);
@@ -220,7 +226,11 @@ impl Agent {
             caller: caller.clone(),
             op,
         };
-        write_frame(&mut *lock(&self.upstream), &frame).context("writing upstream")
+        let written = write_frame(&mut *lock(&self.upstream), &frame);
+        if written.is_err() {
+            lock(&self.routes).pending.remove(&upstream_id);
+        }
+        written.context("writing upstream")
     }
 
     /// Sends `op` on behalf of a client (request `id`).
@@ -303,6 +313,7 @@ impl Agent {
             if lock(&self.routes).own_subs.contains_key(&path) {
                 continue;
             }
+            // Configuration changes only.
             let filter = protocol::EventFilter {
                 config: true,
                 processes: false,
@@ -461,7 +472,7 @@ impl Agent {
         let agent = Arc::clone(self);
         std::thread::Builder::new()
             .name(format!("exit-{pid}"))
-            .stack_size(EXIT_WAITER_STACK)
+            .stack_size(HELPER_STACK)
             .spawn(move || {
                 if pidfd.wait().is_ok() {
                     let _ = report(&agent);
@@ -511,7 +522,6 @@ impl Agent {
         }
     }
 
-    /// Serves one local client until it leaves.
     /// Serves one local client until it leaves; without a `seat` (too many clients) it is
     /// refused once it has said hello.
     fn serve_client(
@@ -532,14 +542,11 @@ impl Agent {
         reader.set_read_timeout(Some(HELLO_TIMEOUT))?;
         let hello = read_frame(&mut reader)?;
         reader.set_read_timeout(None)?;
-        let refusal = match (hello, &seat) {
-            (ClientFrame::Hello { magic, version }, _) if magic != MAGIC || version != VERSION => {
-                Some(format!("speak protocol version {VERSION}"))
-            }
-            (ClientFrame::Hello { .. }, Err(most)) => {
-                Some(format!("the agent serves {most} clients at most"))
-            }
-            (ClientFrame::Hello { .. }, Ok(_)) => None,
+        let refusal = match hello {
+            ClientFrame::Hello { magic, version } if magic == MAGIC && version == VERSION => seat
+                .as_ref()
+                .err()
+                .map(|most| format!("the agent serves {most} clients at most")),
             _ => Some(format!("speak protocol version {VERSION}")),
         };
         if let Some(reason) = refusal {
@@ -704,8 +711,12 @@ fn main() -> anyhow::Result<()> {
         let agent = Arc::clone(&agent);
         std::thread::spawn(move || {
             let ended = agent.route_upstream(reader);
-            // Nobody will answer now: whoever waits (the view, the mirror) hears so.
-            lock(&agent.routes).pending.clear();
+            // Nobody will answer now: whoever waits (the view, the mirror) hears so, and
+            // nobody else starts waiting.
+            let mut routes = lock(&agent.routes);
+            routes.upstream_ended = true;
+            routes.pending.clear();
+            drop(routes);
             ended
         })
     };
