@@ -128,9 +128,15 @@ impl Rig {
         }
     }
 
+    /// mpctl, told where the agent listens.
+    fn mpctl_command(&self) -> Command {
+        let mut command = Command::new(binary("mpctl"));
+        command.env("MPCTL_SOCKET", self.dir.join("agent.sock"));
+        command
+    }
+
     fn mpctl(&self, uid: u32, args: &[&str]) -> Output {
-        Command::new(binary("mpctl"))
-            .env("MPCTL_SOCKET", self.dir.join("agent.sock"))
+        self.mpctl_command()
             .args(args)
             .uid(uid)
             .gid(uid)
@@ -238,8 +244,8 @@ fn run_associates_then_execs_and_children_inherit() {
         mpctl.display(),
         mpctl.display()
     );
-    let child = Command::new(&mpctl)
-        .env("MPCTL_SOCKET", rig.dir.join("agent.sock"))
+    let child = rig
+        .mpctl_command()
         .args([
             "run",
             "--part",
@@ -412,8 +418,8 @@ fn sysram_partitions_are_mirrored_as_cgroups_before_the_caller_hears_back() {
         0,
         &["create", "/partition/mem/sysram/apps/web", "--max", "8M"],
     );
-    let child = Command::new(binary("mpctl"))
-        .env("MPCTL_SOCKET", rig.dir.join("agent.sock"))
+    let child = rig
+        .mpctl_command()
         .args([
             "run",
             "--part",
@@ -455,8 +461,8 @@ fn sysram_partitions_are_mirrored_as_cgroups_before_the_caller_hears_back() {
 fn mpctl_follows_events_in_order_through_the_agent() {
     let rig = Rig::new("events");
     rig.ok(0, &["create", "/partition/mem/sysram/apps"]);
-    let mut follower = Command::new(binary("mpctl"))
-        .env("MPCTL_SOCKET", rig.dir.join("agent.sock"))
+    let mut follower = rig
+        .mpctl_command()
         .args([
             "events",
             "/partition/mem/sysram/apps",
@@ -582,8 +588,8 @@ fn the_agent_reports_cgroup_use_and_mirrors_a_host_reclaim() {
 fn a_child_that_never_talks_to_the_agent_is_tracked_from_its_fork() {
     let rig = Rig::new("forks");
     rig.ok(0, &["create", "/partition/mem/sysram/apps"]);
-    let mut run = Command::new(binary("mpctl"))
-        .env("MPCTL_SOCKET", rig.dir.join("agent.sock"))
+    let mut run = rig
+        .mpctl_command()
         .args([
             "run",
             "--part",
@@ -644,8 +650,8 @@ fn an_allocation_for_a_shell_outlives_mpctl_until_freed() {
         "{m} alloc fast 2M --pid $$ && {m} --json stat /partition/mem/fast/box && \
          {m} free fast 2M --pid $$ && {m} --json stat /partition/mem/fast/box"
     );
-    let out = Command::new(binary("mpctl"))
-        .env("MPCTL_SOCKET", rig.dir.join("agent.sock"))
+    let out = rig
+        .mpctl_command()
         .args([
             "run",
             "--part",

@@ -409,11 +409,14 @@ fn guest_enforcement_and_host_reclaim_in_linux() {
     };
     let text = until(&["memhog: touched 4 MiB"]);
     let base = handle.class_base("fast").expect("fast");
-    let typed = text
-        .split("guest$ mpctl run --part /partition/mem/fast/sandbox")
-        .nth(1)
-        .and_then(|rest| rest.split("guest$").next())
-        .expect("the typed allocation's run");
+    // What the script's `mpctl run --part P` printed, up to the next command.
+    let run_in = |part: &str| {
+        text.split(&format!("guest$ mpctl run --part {part}"))
+            .nth(1)
+            .and_then(|rest| rest.split("guest$").next())
+            .unwrap_or_else(|| panic!("no run in {part}:\n{text}"))
+    };
+    let typed = run_in("/partition/mem/fast/sandbox");
     assert!(
         typed.contains(&format!("granted 1M at guest-physical 0x{base:x}"))
             && typed.contains("wrote and read back 256 of 256 pages")
@@ -425,11 +428,7 @@ fn guest_enforcement_and_host_reclaim_in_linux() {
         "the VMM reported the access past the extent: {:?}",
         handle.violations()
     );
-    let small = text
-        .split("guest$ mpctl run --part /partition/mem/sysram/small")
-        .nth(1)
-        .and_then(|rest| rest.split("guest$").next())
-        .expect("the small partition's run");
+    let small = run_in("/partition/mem/sysram/small");
     assert!(
         small.contains(&format!("touching {} MiB", 2 * max_mib)),
         "memhog saw memory.max {max_mib} MiB:\n{text}"
