@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mempart::{
-    ClassSpec, Credential, Engine, Errno, Grant, Limits, NewPartition, PartId, Policy, Spawn,
-    UNLIMITED,
+    ClassSpec, Credential, Engine, Errno, EventFilter, Grant, Limits, NewPartition, PartId, Policy,
+    Spawn, UNLIMITED,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -111,6 +111,11 @@ enum Op {
         pages: u8,
         guest: bool,
     },
+    /// A subscriber on a partition: changes of its use then take the engine's follow-up
+    /// path (events), which must leave the figures as exact as the quiet path.
+    Subscribe {
+        part: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -136,6 +141,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u8>(), 0u8..3).prop_map(|(part, policy)| Op::SetPolicy { part, policy }),
         1 => (any::<u8>(), 0u16..0o1000, any::<bool>()).prop_map(|(part, mode, guest)| Op::Chmod { part, mode, guest }),
         3 => (any::<u8>(), 0u8..60, any::<bool>()).prop_map(|(part, pages, guest)| Op::Report { part, pages, guest }),
+        1 => any::<u8>().prop_map(|part| Op::Subscribe { part }),
     ]
 }
 
@@ -288,7 +294,14 @@ fn fits(e: &Engine, reported: &BTreeMap<PartId, u64>, change: Change) -> bool {
 }
 
 /// The invariants and the engine's incremental figures against the from-scratch model.
-fn check(e: &Engine, reported: &BTreeMap<PartId, u64>) -> Result<(), TestCaseError> {
+/// `highest` holds each partition's highest use as of the previous step: no operation
+/// raises a partition's use and lowers it again, so the highest now is exactly the larger
+/// of that and the use now.
+fn check(
+    e: &Engine,
+    reported: &BTreeMap<PartId, u64>,
+    highest: &mut BTreeMap<PartId, u64>,
+) -> Result<(), TestCaseError> {
     let seen = observe(e, reported);
     let (used, roots) = recompute(&seen);
     for (s, used) in seen.iter().zip(&used) {
@@ -312,7 +325,12 @@ fn check(e: &Engine, reported: &BTreeMap<PartId, u64>) -> Result<(), TestCaseErr
             m.path
         );
         prop_assert!(m.current.limits.min <= m.current.limits.max);
-        prop_assert!(m.highest >= m.used);
+        let expected = highest.get(&id).copied().unwrap_or(0).max(m.used);
+        prop_assert_eq!(m.highest, expected, "highest of {}", m.path);
+        highest.insert(id, expected);
+        if let Some(pending) = m.pending_max {
+            prop_assert!(m.used > pending, "{} fits its pending max", m.path);
+        }
     }
     for (class, size) in CLASSES {
         let c = e
@@ -360,6 +378,7 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let guest = Credential::guest(1000, 1000);
     let mut grants: Vec<(u32, Grant)> = Vec::new();
     let mut reported: BTreeMap<PartId, u64> = BTreeMap::new();
+    let mut highest: BTreeMap<PartId, u64> = BTreeMap::new();
     let mut next_pid = 1u32;
     let mut names = 0usize;
     for op in ops {
@@ -571,6 +590,12 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Some(p) => e.chmod(&cred(g), &p, u32::from(mode)),
                 None => Ok(()),
             },
+            Op::Subscribe { part } => match pick(&paths, part) {
+                Some(p) => e
+                    .subscribe(&host, &p, EventFilter::default(), 4)
+                    .map(|_| ()),
+                None => Ok(()),
+            },
             Op::Report {
                 part,
                 pages,
@@ -622,7 +647,8 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
         reported.retain(|id, _| e.partition_metrics(*id).is_ok());
-        check(&e, &reported)?;
+        highest.retain(|id, _| e.partition_metrics(*id).is_ok());
+        check(&e, &reported, &mut highest)?;
     }
     Ok(())
 }
