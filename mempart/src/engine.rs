@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use crate::class::{Class, ClassId, ClassMetrics, ClassSpec, SYSRAM, SYS_PARTITION};
 use crate::error::{Errno, Error, Result};
 use crate::events::{EventKind, Subscription, Target};
+use crate::ledger::{Delta, LeafChange, Ledger, Mode, Record, Refusal, CLASS_LEVEL};
 use crate::name::{check_name, check_partition_name, components, MEM_ROOT};
 use crate::namespace::{Group, Node};
 use crate::partition::{
-    Limits, NewPartition, PartId, Partition, PartitionMetrics, SetOutcome, UNLIMITED,
+    Limits, NewPartition, PartId, Partition, PartitionConfig, PartitionMetrics, SetOutcome,
+    UNLIMITED,
 };
 use crate::process::{Pid, Process, SharedObject};
 use crate::security::{Access, Credential, Perm, Policies, Policy, MODE_MASK};
@@ -36,6 +38,7 @@ pub(crate) enum Parent {
 pub struct Engine {
     pub(crate) classes: Vec<Class>,
     pub(crate) parts: Slab<Partition>,
+    pub(crate) ledger: Ledger,
     pub(crate) groups: BTreeMap<String, Group>,
     pub(crate) procs: BTreeMap<Pid, Process>,
     pub(crate) objects: BTreeMap<String, SharedObject>,
@@ -62,6 +65,7 @@ impl Engine {
         let mut engine = Engine {
             classes: Vec::new(),
             parts: Slab::default(),
+            ledger: Ledger::default(),
             groups: BTreeMap::new(),
             procs: BTreeMap::new(),
             objects: BTreeMap::new(),
@@ -225,135 +229,172 @@ impl Engine {
 
     // ----- accounting -------------------------------------------------------------------
 
-    /// Sets a partition's own bytes and minimum, or (with [`Step::Check`]) only checks
-    /// that doing so keeps every invariant. O(depth), no heap allocation unless it fails.
+    /// The accounting record of a live partition.
+    pub(crate) fn record(&self, id: PartId) -> Result<&Record> {
+        self.ledger.live(id.0).ok_or_else(|| no_partition(id))
+    }
+
+    /// The accounting record of a live partition, mutably.
+    pub(crate) fn record_mut(&mut self, id: PartId) -> Result<&mut Record> {
+        self.ledger.live_mut(id.0).ok_or_else(|| no_partition(id))
+    }
+
+    /// Sets a partition's own bytes and minimum, carrying the change of its charge up to
+    /// the class; in [`Mode::Checked`] refused with nothing changed if an invariant would
+    /// break. O(depth), one walk, no heap allocation unless it fails.
     pub(crate) fn set_own_min(
         &mut self,
         id: PartId,
         new_own: u64,
         new_min: u64,
-        step: Step,
+        mode: Mode,
     ) -> Result<()> {
-        let Some(p) = self.parts.get_mut(id.0) else {
-            return Err(no_partition(id));
+        let r = self.record(id)?;
+        let leaf = LeafChange {
+            index: id.0.index(),
+            old_own: r.own(),
+            old_min: r.limits().min,
         };
-        let old_used = p.used();
-        let old_charge = p.charge();
-        let Some(new_used) = new_own.checked_add(p.children_charge) else {
-            return Err(self.too_big(id));
-        };
-        if step.checks() && new_used > old_used && new_used > p.limit() {
-            let limit = p.limit();
-            return Err(self.over_max(id, new_used, limit));
+        let eventful = self
+            .ledger
+            .set_own_min(&mut self.classes, leaf.index, new_own, new_min, mode)
+            .map_err(|r| self.refusal(r))?;
+        if eventful {
+            self.settle_leaf(leaf);
         }
-        let delta = Delta::between(old_charge, new_min.max(new_used));
-        let (class, parent, old_own) = (p.class, p.parent, p.own);
-        if step.commits() {
-            p.own = new_own;
-            p.limits.min = new_min;
-            after_used_change(p, &mut self.subs, old_used, new_used);
-            if old_own != new_own {
-                if let Some(c) = self.classes.get_mut(class.0 as usize) {
-                    let old_allocated = c.allocated;
-                    c.allocated = old_allocated
-                        .saturating_sub(old_own)
-                        .saturating_add(new_own);
-                    c.highest_allocated = c.highest_allocated.max(c.allocated);
-                    for s in &c.subscribers {
-                        if let Some(sub) = self.subs.get_mut(s.0) {
-                            sub.size_changed(old_allocated, c.allocated);
-                        }
-                    }
+        Ok(())
+    }
+
+    /// Adds or takes own bytes of a partition, keeping every invariant (refused with
+    /// `ENOMEM` and nothing changed otherwise).
+    pub(crate) fn shift_own(&mut self, id: PartId, delta: Delta) -> Result<()> {
+        let follow_up = self
+            .ledger
+            .shift_own(&mut self.classes, id.0, delta)
+            .map_err(|r| self.refusal(r))?;
+        if let Some(leaf) = follow_up {
+            self.settle_leaf(leaf);
+        }
+        Ok(())
+    }
+
+    /// Carries a change of a child's charge into `parent` (or the class) and up.
+    fn carry_into(
+        &mut self,
+        class: ClassId,
+        parent: Option<PartId>,
+        delta: Delta,
+        mode: Mode,
+    ) -> Result<()> {
+        let entry = parent.map_or(CLASS_LEVEL, |p| p.0.index());
+        let eventful = self
+            .ledger
+            .carry_into(&mut self.classes, class.0, entry, delta, mode)
+            .map_err(|r| self.refusal(r))?;
+        if eventful {
+            self.settle_levels(entry, delta);
+        }
+        Ok(())
+    }
+
+    /// Follows up a change of a partition's own bytes or min that needs it: highest
+    /// sizes, pending maxes that now fit, size events — for the partition, every level
+    /// its charge changed, and the class.
+    #[cold]
+    pub(crate) fn settle_leaf(&mut self, leaf: LeafChange) {
+        let Some((level, entry, delta)) = self.ledger.read_back(leaf) else {
+            return;
+        };
+        self.after_used_change(level.index, level.old_used, level.new_used);
+        self.settle_levels(entry, delta);
+        let Some(r) = self.ledger.get(leaf.index) else {
+            return;
+        };
+        let new_own = r.own();
+        let Some(c) = self.classes.get(r.class() as usize) else {
+            return;
+        };
+        if new_own != leaf.old_own {
+            let old = c
+                .allocated
+                .saturating_sub(new_own)
+                .saturating_add(leaf.old_own);
+            for s in &c.subscribers {
+                if let Some(sub) = self.subs.get_mut(s.0) {
+                    sub.size_changed(old, c.allocated);
                 }
             }
         }
-        self.propagate(class, parent, delta, step)
     }
 
-    /// Carries a change of a child's charge up from `parent` to the class, checking
-    /// (and unless [`Step::Check`], applying) it at every level. Stops where a charge stops changing.
-    pub(crate) fn propagate(
-        &mut self,
-        class: ClassId,
-        mut parent: Option<PartId>,
-        mut delta: Delta,
-        step: Step,
-    ) -> Result<()> {
-        while delta.amount != 0 {
-            let Some(qid) = parent else {
-                return self.charge_class(class, delta, step);
-            };
-            let Some(q) = self.parts.get_mut(qid.0) else {
-                return Err(no_partition(qid));
-            };
-            let old_used = q.used();
-            let old_charge = q.charge();
-            let Some(new_used) = delta
-                .apply(q.children_charge)
-                .and_then(|cc| cc.checked_add(q.own))
-            else {
-                return Err(self.too_big(qid));
-            };
-            if step.checks() && delta.up && new_used > q.limit() {
-                let limit = q.limit();
-                return Err(self.over_max(qid, new_used, limit));
-            }
-            let next = Delta::between(old_charge, q.limits.min.max(new_used));
-            parent = q.parent;
-            if step.commits() {
-                q.children_charge = new_used - q.own;
-                after_used_change(q, &mut self.subs, old_used, new_used);
-            }
-            delta = next;
+    /// The follow-up of [`Engine::settle_leaf`] for every level a change of charge
+    /// entering at `entry` reached.
+    #[cold]
+    fn settle_levels(&mut self, entry: u32, delta: Delta) {
+        let (mut at, mut delta) = (entry, delta);
+        while let Some((level, next, parent)) = self.ledger.level_after(at, delta) {
+            self.after_used_change(level.index, level.old_used, level.new_used);
+            (at, delta) = (parent, next);
         }
-        Ok(())
     }
 
-    /// The last step of [`Engine::propagate`]: a root's charge change against the class size.
-    fn charge_class(&mut self, class: ClassId, delta: Delta, step: Step) -> Result<()> {
-        let Some(c) = self.classes.get_mut(class.0 as usize) else {
-            return Err(Error::new(
-                Errno::Enoent,
-                format!("class #{}", class.0),
-                "no such class",
-            ));
+    /// Records a change of one partition's use: highest size, pending max, size events.
+    fn after_used_change(&mut self, index: u32, old: u64, new: u64) {
+        if old == new {
+            return;
+        }
+        let Some(r) = self.ledger.get_mut(index) else {
+            return;
         };
-        let new = delta
-            .apply(c.roots_charge)
-            .filter(|n| !step.checks() || !delta.up || *n <= c.size);
-        let Some(new) = new else {
-            return Err(Error::new(
+        let applied = r.note_used(new);
+        if !r.subscribed() {
+            return;
+        }
+        let Some(p) = self.parts.key_at(index).and_then(|k| self.parts.get(k)) else {
+            return;
+        };
+        for s in &p.subscribers {
+            if let Some(sub) = self.subs.get_mut(s.0) {
+                sub.size_changed(old, new);
+            }
+        }
+        if applied {
+            notify(&p.subscribers, &mut self.subs, EventKind::ConfigChanged);
+        }
+    }
+
+    /// The error a refused walk reports, naming the partition or class at fault.
+    #[cold]
+    pub(crate) fn refusal(&self, refusal: Refusal) -> Error {
+        let path_at = |index: u32| {
+            self.parts.key_at(index).map_or_else(
+                || format!("partition #{index}"),
+                |k| self.display_path(PartId(k)),
+            )
+        };
+        match refusal {
+            Refusal::OverMax { index, used, limit } => Error::new(
                 Errno::Enomem,
-                format!("{MEM_ROOT}/{}", c.name),
-                format!(
-                    "needs {} more bytes, {} are free in the class",
-                    delta.amount,
-                    c.size.saturating_sub(c.roots_charge)
-                ),
-            ));
-        };
-        if step.commits() {
-            c.roots_charge = new;
+                path_at(index),
+                format!("use would reach {used}, above its max {limit}"),
+            ),
+            Refusal::ClassFull { class, needs, free } => Error::new(
+                Errno::Enomem,
+                self.class_path(ClassId(class)),
+                format!("needs {needs} more bytes, {free} are free in the class"),
+            ),
+            Refusal::Overflow { index } => {
+                Error::new(Errno::Enomem, path_at(index), "size overflows 64 bits")
+            }
+            Refusal::ClassOverflow { class } => Error::new(
+                Errno::Enomem,
+                self.class_path(ClassId(class)),
+                "the class's charge leaves 64 bits",
+            ),
+            Refusal::Missing { index } => {
+                Error::new(Errno::Enoent, path_at(index), "no such partition")
+            }
         }
-        Ok(())
-    }
-
-    #[cold]
-    fn over_max(&self, id: PartId, used: u64, limit: u64) -> Error {
-        Error::new(
-            Errno::Enomem,
-            self.display_path(id),
-            format!("use would reach {used}, above its max {limit}"),
-        )
-    }
-
-    #[cold]
-    fn too_big(&self, id: PartId) -> Error {
-        Error::new(
-            Errno::Enomem,
-            self.display_path(id),
-            "size overflows 64 bits",
-        )
     }
 
     // ----- partition management --------------------------------------------------------
@@ -474,7 +515,7 @@ impl Engine {
                 format!("at most {MAX_PARTITIONS} partitions"),
             ));
         }
-        self.propagate(class, parent_id, Delta::up(limits.min), Step::Check)?;
+        self.carry_into(class, parent_id, Delta::up(limits.min), Mode::Checked)?;
         let config = crate::partition::PartitionConfig {
             limits,
             policies: Policies::default(),
@@ -486,20 +527,17 @@ impl Engine {
             parent: parent_id,
             depth,
             children: BTreeMap::new(),
-            limits,
-            pending_max: None,
             created: config,
             policies: Policies::default(),
             perm,
-            own: 0,
-            children_charge: 0,
-            highest: 0,
             processes: Default::default(),
             objects: 0,
             pseudo_refs: 0,
             subscribers: Vec::new(),
         }));
-        self.propagate(class, parent_id, Delta::up(limits.min), Step::Commit)?;
+        let parent_index = parent_id.map_or(CLASS_LEVEL, |p| p.0.index());
+        self.ledger
+            .put(Record::new(id.0, limits, parent_index, class.0));
         let kind = EventKind::ChildCreated { child: id };
         match parent_id {
             Some(p) => {
@@ -553,7 +591,8 @@ impl Engine {
                 "it has child partitions",
             ));
         }
-        if !p.processes.is_empty() || p.objects > 0 || p.own > 0 {
+        let record = *self.record(id)?;
+        if !p.processes.is_empty() || p.objects > 0 || record.own() > 0 {
             return Err(Error::new(
                 Errno::Ebusy,
                 path,
@@ -561,7 +600,7 @@ impl Engine {
                     "{} processes, {} objects and {} bytes are still associated",
                     p.processes.len(),
                     p.objects,
-                    p.own
+                    record.own()
                 ),
             ));
         }
@@ -572,8 +611,9 @@ impl Engine {
                 format!("{} pseudo partitions name it", p.pseudo_refs),
             ));
         }
-        let (class, parent, name, charge) = (p.class, p.parent, p.name.clone(), p.charge());
-        self.propagate(class, parent, Delta::down(charge), Step::Commit)?;
+        let (class, parent, name) = (p.class, p.parent, p.name.clone());
+        self.carry_into(class, parent, Delta::down(record.charge()), Mode::Checked)?;
+        self.ledger.remove(id.0);
         if let Some(p) = self.parts.remove(id.0) {
             notify(&p.subscribers, &mut self.subs, EventKind::Destroyed);
         }
@@ -626,12 +666,12 @@ impl Engine {
         reclaim: bool,
     ) -> Result<SetOutcome> {
         let id = self.writable_partition(cred, path)?;
-        let p = self.part(id)?;
+        let r = *self.record(id)?;
         let new = Limits {
-            min: min.unwrap_or(p.limits.min),
-            max: max.unwrap_or(p.limits.max),
+            min: min.unwrap_or(r.limits().min),
+            max: max.unwrap_or(r.limits().max),
         };
-        let (own, used, class, old) = (p.own, p.used(), p.class, (p.limits, p.pending_max));
+        let (own, used, class) = (r.own(), r.used(), self.part(id)?.class);
         self.check_limits(class, new, path)?;
         if new.max < used && !reclaim {
             return Err(Error::new(
@@ -640,21 +680,22 @@ impl Engine {
                 format!("max {} is below use {used}; ask for reclaim", new.max),
             ));
         }
-        self.set_own_min(id, own, new.min, Step::Check)
+        self.set_own_min(id, own, new.min, Mode::Checked)
             .map_err(|e| Error::new(e.errno, path, e.reason))?;
-        self.set_own_min(id, own, new.min, Step::Commit)?;
-        let p = part_in(&mut self.parts, id)?;
+        let record = self.record_mut(id)?;
+        let old = (r.limits(), r.pending_max());
         let outcome = if new.max >= used {
-            p.limits.max = new.max;
-            p.pending_max = None;
+            record.set_max(new.max);
             SetOutcome::Applied
         } else {
-            p.pending_max = Some(new.max);
+            record.set_pending_max(Some(new.max));
             SetOutcome::ReclaimPending {
                 excess: used - new.max,
             }
         };
-        if (p.limits, p.pending_max) != old {
+        let changed = (record.limits(), record.pending_max()) != old;
+        let p = part_in(&mut self.parts, id)?;
+        if changed {
             notify(&p.subscribers, &mut self.subs, EventKind::ConfigChanged);
         }
         if let SetOutcome::ReclaimPending { excess } = outcome {
@@ -671,8 +712,8 @@ impl Engine {
     /// the max it had. Returns the withdrawn value, `None` when nothing was pending.
     pub fn withdraw_reclaim(&mut self, cred: &Credential, path: &str) -> Result<Option<u64>> {
         let id = self.writable_partition(cred, path)?;
+        let withdrawn = self.record_mut(id)?.set_pending_max(None);
         let p = part_in(&mut self.parts, id)?;
-        let withdrawn = p.pending_max.take();
         if withdrawn.is_some() {
             notify(&p.subscribers, &mut self.subs, EventKind::ConfigChanged);
         }
@@ -693,8 +734,7 @@ impl Engine {
             ));
         }
         let id = self.resolve_partition(path)?;
-        let p = self.part(id)?;
-        let (class, min) = (p.class, p.limits.min);
+        let (class, min) = (self.part(id)?.class, self.record(id)?.limits().min);
         let size = self.class(class)?.size;
         if own > size {
             return Err(Error::new(
@@ -703,14 +743,15 @@ impl Engine {
                 format!("reported use {own} is more than the class holds ({size})"),
             ));
         }
-        if self.set_own_min(id, own, min, Step::Check).is_ok() {
-            return self.set_own_min(id, own, min, Step::Commit);
+        if self.set_own_min(id, own, min, Mode::Checked).is_ok() {
+            return Ok(());
         }
-        self.set_own_min(id, own, min, Step::Force)?;
+        self.set_own_min(id, own, min, Mode::Forced)?;
         let mut at = Some(id);
         while let Some(qid) = at {
+            let r = *self.record(qid)?;
             let q = part_in(&mut self.parts, qid)?;
-            let (used, limit) = (q.used(), q.limit());
+            let (used, limit) = (r.used(), r.limit());
             if used > limit {
                 notify(
                     &q.subscribers,
@@ -828,18 +869,23 @@ impl Engine {
     /// Metrics of a partition by id, without a permission check (for the VMM itself).
     pub fn partition_metrics(&self, id: PartId) -> Result<PartitionMetrics> {
         let p = self.part(id)?;
+        let r = self.record(id)?;
         Ok(PartitionMetrics {
             path: self.path_of(id)?,
             class: self.class_name(p.class).to_string(),
-            kind: p.limits.kind(),
-            current: p.config(),
+            kind: r.limits().kind(),
+            current: PartitionConfig {
+                limits: r.limits(),
+                policies: p.policies,
+                perm: p.perm,
+            },
             created: p.created,
-            pending_max: p.pending_max,
-            own: p.own,
-            used: p.used(),
-            charge: p.charge(),
-            highest: p.highest,
-            reserved_unused: p.limits.min.saturating_sub(p.used()),
+            pending_max: r.pending_max(),
+            own: r.own(),
+            used: r.used(),
+            charge: r.charge(),
+            highest: r.highest(),
+            reserved_unused: r.limits().min.saturating_sub(r.used()),
             processes: p.processes.iter().copied().collect(),
             objects: p.objects,
             children: p.children.keys().cloned().collect(),
@@ -878,12 +924,10 @@ impl Engine {
     pub fn reset_highest(&mut self, cred: &Credential, path: &str) -> Result<u64> {
         match self.resolve(path)? {
             Node::Partition(id) => {
-                let p = self.part_mut(id)?;
-                if !p.perm.allows(cred, Access::Write) {
+                if !self.part(id)?.perm.allows(cred, Access::Write) {
                     return Err(Error::new(Errno::Eacces, path, "no write permission"));
                 }
-                let used = p.used();
-                Ok(std::mem::replace(&mut p.highest, used))
+                Ok(self.record_mut(id)?.reset_highest())
             }
             Node::Class(id) => {
                 let c = self
@@ -948,6 +992,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Tells the ledger whether a partition has subscribers, after its list changed.
+    pub(crate) fn refresh_subscribed(&mut self, target: Target) {
+        if let Target::Partition(id) = target {
+            let subscribed = self.part(id).is_ok_and(|p| !p.subscribers.is_empty());
+            if let Ok(r) = self.record_mut(id) {
+                r.set_subscribed(subscribed);
+            }
+        }
+    }
+
     /// Subscribers of a target (for the events module).
     pub(crate) fn target_subscribers(
         &mut self,
@@ -963,60 +1017,6 @@ impl Engine {
     }
 }
 
-/// How far an accounting walk goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
-    /// Check every invariant, change nothing.
-    Check,
-    /// Apply a change that was checked.
-    Commit,
-    /// Apply a reported figure whatever the limits say (overflow still fails).
-    Force,
-}
-
-impl Step {
-    fn checks(self) -> bool {
-        self != Step::Force
-    }
-
-    fn commits(self) -> bool {
-        self != Step::Check
-    }
-}
-
-/// A change of a charge: `amount` bytes up or down.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Delta {
-    up: bool,
-    amount: u64,
-}
-
-impl Delta {
-    fn up(amount: u64) -> Delta {
-        Delta { up: true, amount }
-    }
-
-    fn down(amount: u64) -> Delta {
-        Delta { up: false, amount }
-    }
-
-    fn between(old: u64, new: u64) -> Delta {
-        if new >= old {
-            Delta::up(new - old)
-        } else {
-            Delta::down(old - new)
-        }
-    }
-
-    fn apply(self, value: u64) -> Option<u64> {
-        if self.up {
-            value.checked_add(self.amount)
-        } else {
-            value.checked_sub(self.amount)
-        }
-    }
-}
-
 #[cold]
 fn no_partition(id: PartId) -> Error {
     Error::new(Errno::Enoent, format!("{id:?}"), "no such partition")
@@ -1025,26 +1025,6 @@ fn no_partition(id: PartId) -> Error {
 /// The partition `id` in `parts`, mutably (a free function so other fields stay borrowable).
 fn part_in(parts: &mut Slab<Partition>, id: PartId) -> Result<&mut Partition> {
     parts.get_mut(id.0).ok_or_else(|| no_partition(id))
-}
-
-/// Records a change of a partition's use: highest size, pending max, size events.
-fn after_used_change(p: &mut Partition, subs: &mut Slab<Subscription>, old: u64, new: u64) {
-    if old == new {
-        return;
-    }
-    p.highest = p.highest.max(new);
-    for s in &p.subscribers {
-        if let Some(sub) = subs.get_mut(s.0) {
-            sub.size_changed(old, new);
-        }
-    }
-    if let Some(pending) = p.pending_max {
-        if new <= pending {
-            p.limits.max = pending;
-            p.pending_max = None;
-            notify(&p.subscribers, subs, EventKind::ConfigChanged);
-        }
-    }
 }
 
 /// Offers `kind` to each listed subscription.

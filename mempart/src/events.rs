@@ -253,8 +253,8 @@ impl Engine {
     ) -> Result<SubId> {
         let (target, perm, size) = match self.resolve(path)? {
             Node::Partition(id) | Node::Pseudo { target: id, .. } => {
-                let p = self.part(id)?;
-                (Target::Partition(id), p.perm, p.used())
+                let perm = self.part(id)?.perm;
+                (Target::Partition(id), perm, self.record(id)?.used())
             }
             Node::Class(id) => {
                 let c = self.class(id)?;
@@ -295,6 +295,7 @@ impl Engine {
         if let Some(list) = self.target_subscribers(target) {
             list.push(id);
         }
+        self.refresh_subscribed(target);
         Ok(id)
     }
 
@@ -315,6 +316,7 @@ impl Engine {
         if let Some(list) = self.target_subscribers(s.target) {
             list.retain(|x| *x != sub);
         }
+        self.refresh_subscribed(s.target);
         Ok(())
     }
 }

@@ -27,6 +27,7 @@ mod class;
 mod engine;
 mod error;
 mod events;
+mod ledger;
 mod name;
 mod namespace;
 mod partition;

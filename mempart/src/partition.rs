@@ -143,7 +143,8 @@ pub struct PartitionMetrics {
     pub children: Vec<String>,
 }
 
-/// A partition as the engine keeps it.
+/// A partition as the engine keeps it; its accounting figures live in the ledger
+/// ([`crate::ledger::Record`]) at the index of its key.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Partition {
     pub name: String,
@@ -151,43 +152,13 @@ pub(crate) struct Partition {
     pub parent: Option<PartId>,
     pub depth: usize,
     pub children: BTreeMap<String, PartId>,
-    pub limits: Limits,
-    pub pending_max: Option<u64>,
     pub created: PartitionConfig,
     pub policies: Policies,
     pub perm: Perm,
-    pub own: u64,
-    pub children_charge: u64,
-    pub highest: u64,
     pub processes: BTreeSet<Pid>,
     pub objects: usize,
     pub pseudo_refs: usize,
     pub subscribers: Vec<SubId>,
-}
-
-impl Partition {
-    /// `own + children_charge`; both are bounded by the class size, so no overflow.
-    pub fn used(&self) -> u64 {
-        self.own.saturating_add(self.children_charge)
-    }
-
-    /// `max(min, used)`.
-    pub fn charge(&self) -> u64 {
-        self.limits.min.max(self.used())
-    }
-
-    /// The max that allocations are checked against (a pending lower max wins).
-    pub fn limit(&self) -> u64 {
-        self.pending_max.unwrap_or(self.limits.max)
-    }
-
-    pub fn config(&self) -> PartitionConfig {
-        PartitionConfig {
-            limits: self.limits,
-            policies: self.policies,
-            perm: self.perm,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::class::{ClassId, SYSRAM};
-use crate::engine::{notify, Engine, Step};
+use crate::engine::{notify, Engine};
 use crate::error::{Errno, Error, Result};
 use crate::events::EventKind;
+use crate::ledger::Delta;
 use crate::name::check_name;
 use crate::partition::PartId;
 use crate::security::{Credential, Uid};
@@ -95,11 +96,41 @@ fn pid_subject(pid: Pid) -> String {
     format!("pid {pid}")
 }
 
+#[cold]
+fn no_process(pid: Pid) -> Error {
+    Error::new(Errno::Esrch, pid_subject(pid), "no such process")
+}
+
+#[cold]
+fn not_in_units(pid: Pid, bytes: u64, unit: u64) -> Error {
+    Error::new(
+        Errno::Einval,
+        pid_subject(pid),
+        format!("{bytes} is not a positive multiple of the unit {unit}"),
+    )
+}
+
+#[cold]
+fn nothing_charged(pid: Pid) -> Error {
+    Error::new(
+        Errno::Einval,
+        pid_subject(pid),
+        "nothing charged to that partition",
+    )
+}
+
+#[cold]
+fn frees_more(pid: Pid, bytes: u64, charged: u64) -> Error {
+    Error::new(
+        Errno::Einval,
+        pid_subject(pid),
+        format!("frees {bytes} bytes but {charged} are charged"),
+    )
+}
+
 impl Engine {
     fn process(&self, pid: Pid) -> Result<&Process> {
-        self.procs
-            .get(&pid)
-            .ok_or_else(|| Error::new(Errno::Esrch, pid_subject(pid), "no such process"))
+        self.procs.get(&pid).ok_or_else(|| no_process(pid))
     }
 
     fn sysram_sys(&self) -> Result<PartId> {
@@ -389,89 +420,77 @@ impl Engine {
 
     /// Allocates `bytes` of `class` for `pid`, charged to its partition of that class.
     /// Succeeds iff every invariant still holds; otherwise `ENOMEM` and nothing changes.
+    /// One process lookup and one walk of the ledger; no heap allocation unless it fails.
     pub fn allocate(&mut self, pid: Pid, class: ClassId, bytes: u64) -> Result<Grant> {
         let unit = self.class(class)?.unit;
-        if bytes == 0 || bytes % unit != 0 {
-            return Err(Error::new(
-                Errno::Einval,
-                pid_subject(pid),
-                format!("{bytes} is not a positive multiple of the unit {unit}"),
-            ));
+        // Units are powers of two (checked when the class is added).
+        if bytes == 0 || bytes & (unit - 1) != 0 {
+            return Err(not_in_units(pid, bytes, unit));
         }
-        let part = self
-            .process(pid)?
-            .assocs
-            .iter()
-            .find(|a| a.class == class)
-            .map(|a| a.part)
-            .ok_or_else(|| {
-                Error::new(
-                    Errno::Enoent,
-                    pid_subject(pid),
-                    format!("no partition of class {}", self.class_name(class)),
-                )
-            })?;
-        self.grow_own(part, bytes)?;
-        if let Some(a) = self
-            .procs
-            .get_mut(&pid)
-            .and_then(|p| p.assocs.iter_mut().find(|a| a.part == part))
-        {
-            a.charged += bytes;
+        let Some(proc) = self.procs.get_mut(&pid) else {
+            return Err(no_process(pid));
+        };
+        let Some(assoc) = proc.assocs.iter_mut().find(|a| a.class == class) else {
+            return Err(self.no_partition_of(pid, class));
+        };
+        let part = assoc.part;
+        let delta = Delta::up(bytes);
+        match self.ledger.shift_own(&mut self.classes, part.0, delta) {
+            Ok(follow_up) => {
+                assoc.charged += bytes;
+                if let Some(leaf) = follow_up {
+                    self.settle_leaf(leaf);
+                }
+                Ok(Grant {
+                    partition: part,
+                    bytes,
+                })
+            }
+            Err(refusal) => Err(self.refusal(refusal)),
         }
-        Ok(Grant {
-            partition: part,
-            bytes,
-        })
     }
 
     /// Frees exactly what `grant` charged on behalf of `pid`.
     pub fn free(&mut self, pid: Pid, grant: Grant) -> Result<()> {
-        let proc = self
-            .procs
-            .get_mut(&pid)
-            .ok_or_else(|| Error::new(Errno::Esrch, pid_subject(pid), "no such process"))?;
+        let Some(proc) = self.procs.get_mut(&pid) else {
+            return Err(no_process(pid));
+        };
         let slot = match proc.assocs.iter_mut().find(|a| a.part == grant.partition) {
             Some(a) => &mut a.charged,
-            None => proc
-                .retained
-                .iter_mut()
-                .find(|r| r.0 == grant.partition)
-                .map(|r| &mut r.1)
-                .ok_or_else(|| {
-                    Error::new(
-                        Errno::Einval,
-                        pid_subject(pid),
-                        "nothing charged to that partition",
-                    )
-                })?,
+            None => match proc.retained.iter_mut().find(|r| r.0 == grant.partition) {
+                Some(r) => &mut r.1,
+                None => return Err(nothing_charged(pid)),
+            },
         };
         if *slot < grant.bytes || grant.bytes == 0 {
-            return Err(Error::new(
-                Errno::Einval,
-                pid_subject(pid),
-                format!("frees {} bytes but {} are charged", grant.bytes, *slot),
-            ));
+            return Err(frees_more(pid, grant.bytes, *slot));
         }
-        *slot -= grant.bytes;
-        proc.retained.retain(|r| r.1 > 0);
-        self.shrink_own(grant.partition, grant.bytes)
+        let delta = Delta::down(grant.bytes);
+        match self
+            .ledger
+            .shift_own(&mut self.classes, grant.partition.0, delta)
+        {
+            Ok(follow_up) => {
+                *slot -= grant.bytes;
+                if *slot == 0 && !proc.retained.is_empty() {
+                    proc.retained.retain(|r| r.1 > 0);
+                }
+                if let Some(leaf) = follow_up {
+                    self.settle_leaf(leaf);
+                }
+                Ok(())
+            }
+            Err(refusal) => Err(self.refusal(refusal)),
+        }
     }
 
-    fn grow_own(&mut self, part: PartId, bytes: u64) -> Result<()> {
-        let p = self.part(part)?;
-        let (min, own) = (p.limits.min, p.own);
-        let new_own = own
-            .checked_add(bytes)
-            .ok_or_else(|| Error::new(Errno::Enomem, format!("{part:?}"), "size overflows"))?;
-        self.set_own_min(part, new_own, min, Step::Check)?;
-        self.set_own_min(part, new_own, min, Step::Commit)
-    }
-
-    fn shrink_own(&mut self, part: PartId, bytes: u64) -> Result<()> {
-        let p = self.part(part)?;
-        let (min, own) = (p.limits.min, p.own);
-        self.set_own_min(part, own.saturating_sub(bytes), min, Step::Commit)
+    #[cold]
+    fn no_partition_of(&self, pid: Pid, class: ClassId) -> Error {
+        Error::new(
+            Errno::Enoent,
+            pid_subject(pid),
+            format!("no partition of class {}", self.class_name(class)),
+        )
     }
 
     /// Process `pid` has exited: its private allocations are freed and it is disassociated.
@@ -483,12 +502,12 @@ impl Engine {
             .ok_or_else(|| Error::new(Errno::Esrch, pid_subject(pid), "no such process"))?;
         for a in &proc.assocs {
             if a.charged > 0 {
-                self.shrink_own(a.part, a.charged)?;
+                self.shift_own(a.part, Delta::down(a.charged))?;
             }
             self.remove_member(a.part, pid);
         }
         for &(part, bytes) in &proc.retained {
-            self.shrink_own(part, bytes)?;
+            self.shift_own(part, Delta::down(bytes))?;
         }
         Ok(())
     }
@@ -550,9 +569,9 @@ impl Engine {
             ));
         }
         if size > old {
-            self.grow_own(part, size - old)?;
+            self.shift_own(part, Delta::up(size - old))?;
         } else if size < old {
-            self.shrink_own(part, old - size)?;
+            self.shift_own(part, Delta::down(old - size))?;
         }
         if let Some(obj) = self.objects.get_mut(name) {
             obj.size = size;
@@ -571,7 +590,7 @@ impl Engine {
         }
         let (part, size) = (obj.part, obj.size);
         if size > 0 {
-            self.shrink_own(part, size)?;
+            self.shift_own(part, Delta::down(size))?;
         }
         self.objects.remove(name);
         let p = self.part_mut(part)?;

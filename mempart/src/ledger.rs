@@ -1,0 +1,750 @@
+//! The accounting records of every partition in one dense array, and the single O(depth)
+//! walk that applies a change of use up the tree or refuses it and undoes what it applied.
+
+use crate::class::Class;
+use crate::partition::Limits;
+use crate::slab::Key;
+
+/// The parent index of a class's root partitions: the walk goes on to the class.
+pub(crate) const CLASS_LEVEL: u32 = u32::MAX;
+
+/// The figures of one partition that an allocation reads or changes (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Record {
+    /// Bytes allocated by objects associated with the partition itself.
+    own: u64,
+    /// Sum of the children's charges.
+    children_charge: u64,
+    /// Configured minimum.
+    min: u64,
+    /// What allocations are checked against: the pending max if any, else the max.
+    limit: u64,
+    /// Highest `used` seen since creation or the last reset.
+    highest: u64,
+    /// Index of the parent's record, or [`CLASS_LEVEL`].
+    parent: u32,
+    /// Whether a change of use must be followed up beyond `highest`: events to offer
+    /// or a pending max.
+    watched: bool,
+    /// Whether anyone subscribed to the partition's events.
+    subscribed: bool,
+    /// Configured maximum.
+    max: u64,
+    /// A lower max waiting for reclaim.
+    pending_max: Option<u64>,
+    /// Index of the class.
+    class: u32,
+    /// The partition's key: its slot, and the generation that tells a stale id.
+    key: Key,
+}
+
+impl Record {
+    /// A new partition's record: nothing used yet.
+    pub fn new(key: Key, limits: Limits, parent: u32, class: u32) -> Record {
+        Record {
+            own: 0,
+            children_charge: 0,
+            min: limits.min,
+            limit: limits.max,
+            highest: 0,
+            parent,
+            watched: false,
+            subscribed: false,
+            max: limits.max,
+            pending_max: None,
+            class,
+            key,
+        }
+    }
+
+    /// Bytes allocated by objects associated with the partition itself.
+    pub fn own(&self) -> u64 {
+        self.own
+    }
+
+    /// `own + children_charge`; both are bounded by the class size, so no overflow.
+    pub fn used(&self) -> u64 {
+        self.own.saturating_add(self.children_charge)
+    }
+
+    /// `max(min, used)`: what the partition costs its parent or class.
+    pub fn charge(&self) -> u64 {
+        self.min.max(self.used())
+    }
+
+    /// The configured min and max.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            min: self.min,
+            max: self.max,
+        }
+    }
+
+    /// The max that allocations are checked against (a pending lower max wins).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// A lower max waiting for reclaim.
+    pub fn pending_max(&self) -> Option<u64> {
+        self.pending_max
+    }
+
+    /// Highest `used` seen since creation or the last reset.
+    pub fn highest(&self) -> u64 {
+        self.highest
+    }
+
+    /// Index of the class.
+    pub fn class(&self) -> u32 {
+        self.class
+    }
+
+    /// Puts `max` in force at once; a pending max is dropped.
+    pub fn set_max(&mut self, max: u64) {
+        self.max = max;
+        self.set_pending_max(None);
+    }
+
+    /// Sets (or with `None` withdraws) a pending lower max; returns the one before.
+    pub fn set_pending_max(&mut self, pending: Option<u64>) -> Option<u64> {
+        let before = std::mem::replace(&mut self.pending_max, pending);
+        self.refresh();
+        before
+    }
+
+    /// Whether anyone subscribed to the partition's events.
+    pub fn subscribed(&self) -> bool {
+        self.subscribed
+    }
+
+    /// Records whether anyone subscribed to the partition.
+    pub fn set_subscribed(&mut self, subscribed: bool) {
+        self.subscribed = subscribed;
+        self.refresh();
+    }
+
+    /// Sets the highest size to the current one; returns the old highest.
+    pub fn reset_highest(&mut self) -> u64 {
+        let used = self.used();
+        std::mem::replace(&mut self.highest, used)
+    }
+
+    /// Notes that use is now `used`: a new highest, and a pending max that now fits
+    /// takes effect. Returns whether it did.
+    pub fn note_used(&mut self, used: u64) -> bool {
+        self.highest = self.highest.max(used);
+        match self.pending_max {
+            Some(pending) if used <= pending => {
+                self.set_max(pending);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn refresh(&mut self) {
+        self.limit = self.pending_max.unwrap_or(self.max);
+        self.watched = self.subscribed || self.pending_max.is_some();
+    }
+}
+
+/// A change of a charge: `amount` bytes up or down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delta {
+    /// Whether the charge grows.
+    pub up: bool,
+    /// By how many bytes.
+    pub amount: u64,
+}
+
+impl Delta {
+    /// Growth by `amount`.
+    pub fn up(amount: u64) -> Delta {
+        Delta { up: true, amount }
+    }
+
+    /// Shrinkage by `amount`.
+    pub fn down(amount: u64) -> Delta {
+        Delta { up: false, amount }
+    }
+
+    fn between(old: u64, new: u64) -> Delta {
+        if new >= old {
+            Delta::up(new - old)
+        } else {
+            Delta::down(old - new)
+        }
+    }
+
+    /// The value before this change was applied to `value`.
+    fn revert(self, value: u64) -> u64 {
+        if self.up {
+            value.saturating_sub(self.amount)
+        } else {
+            value.saturating_add(self.amount)
+        }
+    }
+}
+
+/// How a walk treats the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Refuse growth above a max or the class size; nothing changes then.
+    Checked,
+    /// Apply a measured figure whatever the limits say (overflow is still refused).
+    Forced,
+}
+
+/// Why a walk changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The partition at `index` would use `used` bytes, above `limit`.
+    OverMax { index: u32, used: u64, limit: u64 },
+    /// The class at `class` lacks `needs - free` bytes.
+    ClassFull { class: u32, needs: u64, free: u64 },
+    /// A figure of the partition at `index` would not fit in 64 bits.
+    Overflow { index: u32 },
+    /// The charge of the class at `class` would leave the range of 64 bits.
+    ClassOverflow { class: u32 },
+    /// No record at `index` (a stale or corrupt link).
+    Missing { index: u32 },
+}
+
+/// A change of one partition's own bytes or min, as it was before: enough to read the
+/// whole change back from the ledger afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LeafChange {
+    /// The partition's record.
+    pub index: u32,
+    /// Its own bytes before.
+    pub old_own: u64,
+    /// Its min before.
+    pub old_min: u64,
+}
+
+/// One level of a change, read back after the change was applied.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Level {
+    /// The record's index.
+    pub index: u32,
+    /// Its use before the change.
+    pub old_used: u64,
+    /// Its use after the change.
+    pub new_used: u64,
+}
+
+/// Every partition's record, at the index of its slab slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Ledger {
+    records: Vec<Option<Record>>,
+}
+
+impl Ledger {
+    /// The record at `index`.
+    pub fn get(&self, index: u32) -> Option<&Record> {
+        self.records.get(index as usize).and_then(Option::as_ref)
+    }
+
+    /// The record at `index`, mutably.
+    pub fn get_mut(&mut self, index: u32) -> Option<&mut Record> {
+        self.records
+            .get_mut(index as usize)
+            .and_then(Option::as_mut)
+    }
+
+    /// The record of the partition `key`, if it is still there.
+    pub fn live(&self, key: Key) -> Option<&Record> {
+        self.get(key.index()).filter(|r| r.key == key)
+    }
+
+    /// The record of the partition `key`, mutably.
+    pub fn live_mut(&mut self, key: Key) -> Option<&mut Record> {
+        self.get_mut(key.index()).filter(|r| r.key == key)
+    }
+
+    /// Stores the record of a new partition at the index of its key.
+    pub fn put(&mut self, record: Record) {
+        let at = record.key.index() as usize;
+        if self.records.len() <= at {
+            self.records.resize(at + 1, None);
+        }
+        if let Some(slot) = self.records.get_mut(at) {
+            *slot = Some(record);
+        }
+    }
+
+    /// Forgets the record of the partition `key`.
+    pub fn remove(&mut self, key: Key) {
+        if let Some(slot) = self.records.get_mut(key.index() as usize) {
+            if slot.is_some_and(|r| r.key == key) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Sets the own bytes and min of the partition at `index` and carries the change of
+    /// its charge up to the class. Refused (see [`Mode`]) with nothing changed; otherwise
+    /// says whether the change needs following up ([`Ledger::read_back`]).
+    #[inline]
+    pub fn set_own_min(
+        &mut self,
+        classes: &mut [Class],
+        index: u32,
+        new_own: u64,
+        new_min: u64,
+        mode: Mode,
+    ) -> Result<bool, Refusal> {
+        let r = self.get_mut(index).ok_or(Refusal::Missing { index })?;
+        let old_used = r.used();
+        let new_used = new_own
+            .checked_add(r.children_charge)
+            .ok_or(Refusal::Overflow { index })?;
+        if mode == Mode::Checked && new_used > old_used && new_used > r.limit {
+            return Err(Refusal::OverMax {
+                index,
+                used: new_used,
+                limit: r.limit,
+            });
+        }
+        let delta = Delta::between(r.charge(), new_min.max(new_used));
+        let (old_own, old_min, parent, class) = (r.own, r.min, r.parent, r.class);
+        let leaf_eventful = r.watched || new_used > r.highest;
+        r.own = new_own;
+        r.min = new_min;
+        let walked = match delta.up {
+            true => self.walk::<true>(classes, class, parent, delta.amount, mode),
+            false => self.walk::<false>(classes, class, parent, delta.amount, mode),
+        };
+        let eventful = match walked {
+            Ok(eventful) => eventful || leaf_eventful,
+            Err(refusal) => {
+                if let Some(r) = self.get_mut(index) {
+                    r.own = old_own;
+                    r.min = old_min;
+                }
+                return Err(refusal);
+            }
+        };
+        match classes.get_mut(class as usize) {
+            Some(c) if old_own != new_own => {
+                c.allocated = c.allocated.saturating_sub(old_own).saturating_add(new_own);
+                c.highest_allocated = c.highest_allocated.max(c.allocated);
+                Ok(eventful || !c.subscribers.is_empty())
+            }
+            _ => Ok(eventful),
+        }
+    }
+
+    /// Adds (`delta.up`) or takes `delta.amount` own bytes of the partition `key`, its
+    /// min unchanged, in [`Mode::Checked`]. Returns the change when it needs following up.
+    #[inline]
+    pub fn shift_own(
+        &mut self,
+        classes: &mut [Class],
+        key: Key,
+        delta: Delta,
+    ) -> Result<Option<LeafChange>, Refusal> {
+        match delta.up {
+            true => self.shift::<true>(classes, key, delta.amount),
+            false => self.shift::<false>(classes, key, delta.amount),
+        }
+    }
+
+    /// [`Ledger::shift_own`] in one direction: the allocation path, without the general
+    /// leaf change of [`Ledger::set_own_min`] (the min stays, so the leaf's charge moves the
+    /// same way as its own bytes).
+    #[inline(always)]
+    fn shift<const UP: bool>(
+        &mut self,
+        classes: &mut [Class],
+        key: Key,
+        bytes: u64,
+    ) -> Result<Option<LeafChange>, Refusal> {
+        let index = key.index();
+        let r = self
+            .get_mut(index)
+            .filter(|r| r.key == key)
+            .ok_or(Refusal::Missing { index })?;
+        let (old_own, old_used) = (r.own, r.used());
+        let (new_own, new_used, charge_delta) = if UP {
+            let (Some(own), Some(used)) = (old_own.checked_add(bytes), old_used.checked_add(bytes))
+            else {
+                return Err(Refusal::Overflow { index });
+            };
+            if bytes != 0 && used > r.limit {
+                return Err(Refusal::OverMax {
+                    index,
+                    used,
+                    limit: r.limit,
+                });
+            }
+            (own, used, used.saturating_sub(r.min.max(old_used)))
+        } else {
+            let Some(own) = old_own.checked_sub(bytes) else {
+                return Err(Refusal::Overflow { index });
+            };
+            let used = old_used - bytes;
+            (own, used, old_used.saturating_sub(r.min.max(used)))
+        };
+        let leaf_eventful = r.watched | (new_used > r.highest);
+        let (parent, class, min) = (r.parent, r.class, r.min);
+        r.own = new_own;
+        let eventful = match self.walk::<UP>(classes, class, parent, charge_delta, Mode::Checked) {
+            Ok(eventful) => eventful | leaf_eventful,
+            Err(refusal) => {
+                if let Some(r) = self.get_mut(index) {
+                    r.own = old_own;
+                }
+                return Err(refusal);
+            }
+        };
+        let class_watched = match classes.get_mut(class as usize) {
+            Some(c) => {
+                c.allocated = if UP {
+                    c.allocated.saturating_add(bytes)
+                } else {
+                    c.allocated.saturating_sub(bytes)
+                };
+                c.highest_allocated = c.highest_allocated.max(c.allocated);
+                !c.subscribers.is_empty()
+            }
+            None => false,
+        };
+        let leaf = LeafChange {
+            index,
+            old_own,
+            old_min: min,
+        };
+        Ok((eventful | class_watched).then_some(leaf))
+    }
+
+    /// Carries `delta` of a child's charge into the level `entry` (a record index, or
+    /// [`CLASS_LEVEL`]) and on up to class `class`, checking every level in
+    /// [`Mode::Checked`]. Refused with nothing changed; otherwise says whether the change
+    /// needs following up.
+    pub fn carry_into(
+        &mut self,
+        classes: &mut [Class],
+        class: u32,
+        entry: u32,
+        delta: Delta,
+        mode: Mode,
+    ) -> Result<bool, Refusal> {
+        match delta.up {
+            true => self.walk::<true>(classes, class, entry, delta.amount, mode),
+            false => self.walk::<false>(classes, class, entry, delta.amount, mode),
+        }
+    }
+
+    /// The walk itself: carries a charge change of `amount` (growth when `UP`) into
+    /// `entry` and up, level by level, stopping where a charge stops changing. The
+    /// direction never flips on the way: a child's charge growing cannot shrink its
+    /// parent's. On refusal, the levels already changed are changed back.
+    #[inline(always)]
+    fn walk<const UP: bool>(
+        &mut self,
+        classes: &mut [Class],
+        class: u32,
+        entry: u32,
+        amount: u64,
+        mode: Mode,
+    ) -> Result<bool, Refusal> {
+        let checked = mode == Mode::Checked;
+        let mut eventful = false;
+        let mut at = entry;
+        let mut d = amount;
+        while d != 0 {
+            let Some(r) = self.records.get_mut(at as usize).and_then(Option::as_mut) else {
+                return self
+                    .walk_into_class::<UP>(classes, class, entry, amount, at, d, checked)
+                    .map(|()| eventful);
+            };
+            let old_used = r.used();
+            let new_used = if UP {
+                match old_used.checked_add(d) {
+                    Some(used) if !(checked && used > r.limit) => {
+                        r.children_charge = r.children_charge.saturating_add(d);
+                        used
+                    }
+                    refused => {
+                        let refusal = match refused {
+                            Some(used) => Refusal::OverMax {
+                                index: at,
+                                used,
+                                limit: r.limit,
+                            },
+                            None => Refusal::Overflow { index: at },
+                        };
+                        self.undo(entry, Delta::up(amount), at);
+                        return Err(refusal);
+                    }
+                }
+            } else {
+                let Some(cc) = r.children_charge.checked_sub(d) else {
+                    self.undo(entry, Delta::down(amount), at);
+                    return Err(Refusal::Overflow { index: at });
+                };
+                r.children_charge = cc;
+                old_used - d
+            };
+            eventful |= r.watched | (new_used > r.highest);
+            d = if UP {
+                new_used.saturating_sub(r.min.max(old_used))
+            } else {
+                old_used.saturating_sub(r.min.max(new_used))
+            };
+            at = r.parent;
+        }
+        Ok(eventful)
+    }
+
+    /// The last step of a walk: the change of a root's charge against the class size.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn walk_into_class<const UP: bool>(
+        &mut self,
+        classes: &mut [Class],
+        class: u32,
+        entry: u32,
+        amount: u64,
+        at: u32,
+        d: u64,
+        checked: bool,
+    ) -> Result<(), Refusal> {
+        let delta = Delta { up: UP, amount };
+        let c = match classes.get_mut(class as usize) {
+            Some(c) if at == CLASS_LEVEL => c,
+            _ => {
+                self.undo(entry, delta, at);
+                return Err(Refusal::Missing { index: at });
+            }
+        };
+        let charge = if UP {
+            c.roots_charge.checked_add(d)
+        } else {
+            c.roots_charge.checked_sub(d)
+        };
+        let refusal = match charge {
+            Some(charge) if !(UP && checked && charge > c.size) => {
+                c.roots_charge = charge;
+                return Ok(());
+            }
+            Some(_) => Refusal::ClassFull {
+                class,
+                needs: d,
+                free: c.size.saturating_sub(c.roots_charge),
+            },
+            None => Refusal::ClassOverflow { class },
+        };
+        self.undo(entry, delta, at);
+        Err(refusal)
+    }
+
+    /// Changes back the levels from `entry` up to (not including) `stop` that a walk
+    /// carrying `delta` changed.
+    #[cold]
+    fn undo(&mut self, entry: u32, delta: Delta, stop: u32) {
+        let mut at = entry;
+        let mut d = delta;
+        while at != stop {
+            let Some((level, next, parent)) = self.level_after(at, d) else {
+                return;
+            };
+            if let Some(r) = self.get_mut(at) {
+                r.children_charge = level.old_used.saturating_sub(r.own);
+            }
+            d = next;
+            at = parent;
+        }
+    }
+
+    /// Reads back a change [`Ledger::set_own_min`] applied: the leaf's level, and the
+    /// level and change its charge entered first.
+    pub fn read_back(&self, leaf: LeafChange) -> Option<(Level, u32, Delta)> {
+        let r = self.get(leaf.index)?;
+        let new_used = r.used();
+        let old_used = leaf.old_own.saturating_add(r.children_charge);
+        let delta = Delta::between(leaf.old_min.max(old_used), r.charge());
+        let level = Level {
+            index: leaf.index,
+            old_used,
+            new_used,
+        };
+        Some((level, r.parent, delta))
+    }
+
+    /// The level at `at` as a walk that carried `d` into it left it: its use before and
+    /// after, the change it carried on, and where to. `None` past the last changed level.
+    pub fn level_after(&self, at: u32, d: Delta) -> Option<(Level, Delta, u32)> {
+        if d.amount == 0 {
+            return None;
+        }
+        let r = self.get(at)?;
+        let new_used = r.used();
+        let old_used = d.revert(new_used);
+        let next = Delta::between(r.min.max(old_used), r.min.max(new_used));
+        let level = Level {
+            index: at,
+            old_used,
+            new_used,
+        };
+        Some((level, next, r.parent))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::partition::UNLIMITED;
+    use crate::security::Perm;
+
+    fn class(size: u64) -> Class {
+        Class {
+            name: "c".into(),
+            size,
+            unit: 1,
+            perm: Perm::new(0, 0, 0o755),
+            roots: BTreeMap::new(),
+            roots_charge: 0,
+            allocated: 0,
+            highest_allocated: 0,
+            subscribers: Vec::new(),
+        }
+    }
+
+    /// A chain root(0) <- mid(1) <- leaf(2) with these limits.
+    fn chain(limits: [Limits; 3]) -> Ledger {
+        let mut l = Ledger::default();
+        for (i, lim) in limits.into_iter().enumerate() {
+            let parent = if i == 0 { CLASS_LEVEL } else { i as u32 - 1 };
+            l.put(Record::new(Key::new(i as u32, 0), lim, parent, 0));
+        }
+        l
+    }
+
+    #[test]
+    fn refusal_at_an_ancestor_leaves_every_level_as_it_was() {
+        let open = Limits::OPEN;
+        let capped = Limits { min: 0, max: 100 };
+        let mut l = chain([open, capped, Limits { min: 40, max: 200 }]);
+        let mut classes = vec![class(1000)];
+        l.carry_into(&mut classes, 0, 1, Delta::up(40), Mode::Checked)
+            .unwrap_or_else(|r| panic!("{r:?}"));
+        let before = (l.clone(), classes.clone());
+        let refused = l.set_own_min(&mut classes, 2, 120, 40, Mode::Checked);
+        assert_eq!(
+            refused,
+            Err(Refusal::OverMax {
+                index: 1,
+                used: 120,
+                limit: 100
+            })
+        );
+        assert_eq!((l.clone(), classes.clone()), before);
+        let full = l.set_own_min(&mut classes, 2, 60, 40, Mode::Checked);
+        assert!(full.is_ok());
+        assert_eq!(l.get(0).map(Record::used), Some(60));
+        assert_eq!(classes.first().map(|c| c.roots_charge), Some(60));
+    }
+
+    #[test]
+    fn refusal_by_the_class_undoes_the_whole_path() {
+        let mut l = chain([Limits::OPEN; 3]);
+        let mut classes = vec![class(64)];
+        let before = (l.clone(), classes.clone());
+        let refused = l.set_own_min(&mut classes, 2, 65, 0, Mode::Checked);
+        assert_eq!(
+            refused,
+            Err(Refusal::ClassFull {
+                class: 0,
+                needs: 65,
+                free: 64
+            })
+        );
+        assert_eq!((l, classes), before);
+    }
+
+    #[test]
+    fn a_reservation_absorbs_growth_and_stops_the_walk() {
+        let reserved = Limits {
+            min: 50,
+            max: UNLIMITED,
+        };
+        let mut l = chain([Limits::OPEN, reserved, Limits::OPEN]);
+        let mut classes = vec![class(100)];
+        l.carry_into(&mut classes, 0, 0, Delta::up(50), Mode::Checked)
+            .unwrap_or_else(|r| panic!("{r:?}"));
+        let leaf = LeafChange {
+            index: 2,
+            old_own: 0,
+            old_min: 0,
+        };
+        l.set_own_min(&mut classes, 2, 30, 0, Mode::Checked)
+            .unwrap_or_else(|r| panic!("{r:?}"));
+        assert_eq!(l.get(0).map(Record::used), Some(50));
+        assert_eq!(l.get(1).map(Record::used), Some(30));
+        let (own, entry, delta) = l.read_back(leaf).unwrap_or_else(|| panic!("leaf"));
+        assert_eq!((own.old_used, own.new_used), (0, 30));
+        let (mid, next, parent) = l.level_after(entry, delta).unwrap_or_else(|| panic!("mid"));
+        assert_eq!((mid.old_used, mid.new_used), (0, 30));
+        assert_eq!(l.level_after(parent, next).map(|(l, ..)| l.index), None);
+    }
+
+    #[test]
+    fn only_a_new_highest_or_a_watched_level_asks_for_follow_up() {
+        let mut l = chain([Limits::OPEN; 3]);
+        let mut classes = vec![class(100)];
+        let grow = |l: &mut Ledger, classes: &mut Vec<Class>, own| {
+            l.set_own_min(classes, 2, own, 0, Mode::Checked)
+                .unwrap_or_else(|r| panic!("{r:?}"))
+        };
+        assert!(
+            grow(&mut l, &mut classes, 10),
+            "every level reaches a new highest"
+        );
+        for level in 0..3 {
+            if let Some(r) = l.get_mut(level) {
+                r.note_used(r.used());
+            }
+        }
+        assert!(
+            !grow(&mut l, &mut classes, 5),
+            "shrinking below the highest is quiet"
+        );
+        assert!(
+            !grow(&mut l, &mut classes, 10),
+            "growing back to it is quiet too"
+        );
+        if let Some(root) = l.get_mut(0) {
+            root.set_subscribed(true);
+        }
+        assert!(
+            grow(&mut l, &mut classes, 5),
+            "a subscribed root hears of every change"
+        );
+        if let Some(root) = l.get_mut(0) {
+            root.set_subscribed(false);
+            root.set_pending_max(Some(2));
+            assert_eq!(
+                root.limit(),
+                2,
+                "a pending max is what growth is checked against"
+            );
+        }
+        assert!(grow(&mut l, &mut classes, 4), "so does a pending max");
+    }
+
+    #[test]
+    fn forced_figures_pass_every_limit() {
+        let mut l = chain([Limits { min: 0, max: 10 }, Limits::OPEN, Limits::OPEN]);
+        let mut classes = vec![class(20)];
+        let change = l.set_own_min(&mut classes, 2, 30, 0, Mode::Forced);
+        assert!(change.is_ok());
+        assert_eq!(classes.first().map(|c| c.roots_charge), Some(30));
+        let overflow = l.set_own_min(&mut classes, 1, u64::MAX, 0, Mode::Forced);
+        assert_eq!(overflow, Err(Refusal::Overflow { index: 1 }));
+    }
+}
