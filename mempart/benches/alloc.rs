@@ -1,9 +1,11 @@
 //! Allocate+free through the engine at depths 1, 4 and 8, beside a baseline that only adds
-//! and subtracts along a parent chain of the same depth.
+//! and subtracts along a parent chain of the same depth, and the same baseline reached
+//! the way an allocation is: by process id, then the process's partition of the class.
 
 // A benchmark whose set-up fails has nothing to measure: it stops with the reason.
 #![allow(clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{criterion_main, BenchmarkId, Criterion};
@@ -57,6 +59,33 @@ impl Chain {
     }
 }
 
+/// The chain reached by process id: a map from pids to their (class, leaf) pairs, as the
+/// least lookup an allocation on behalf of a process needs.
+struct ByPid {
+    processes: BTreeMap<u32, Vec<(u32, usize)>>,
+    chain: Chain,
+}
+
+impl ByPid {
+    fn new(depth: usize) -> ByPid {
+        ByPid {
+            processes: BTreeMap::from([(1, vec![(0, depth - 1)])]),
+            chain: Chain::new(depth),
+        }
+    }
+
+    fn add(&mut self, pid: u32, class: u32, delta: u64, up: bool) {
+        let leaf = self
+            .processes
+            .get(&pid)
+            .and_then(|assocs| assocs.iter().find(|a| a.0 == class))
+            .map(|a| a.1);
+        if let Some(leaf) = leaf {
+            self.chain.add(leaf, delta, up);
+        }
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("allocate+free");
     for depth in [1usize, 4, 8] {
@@ -77,6 +106,17 @@ fn bench(c: &mut Criterion) {
                 chain.add(depth - 1, black_box(PAGE), false);
             })
         });
+        let mut by_pid = ByPid::new(depth);
+        group.bench_with_input(
+            BenchmarkId::new("baseline-by-pid", depth),
+            &depth,
+            |b, _| {
+                b.iter(|| {
+                    by_pid.add(black_box(1), 0, black_box(PAGE), true);
+                    by_pid.add(black_box(1), 0, black_box(PAGE), false);
+                })
+            },
+        );
     }
     group.finish();
 }
