@@ -9,12 +9,16 @@ use crate::slab::Key;
 pub(crate) const CLASS_LEVEL: u32 = u32::MAX;
 
 /// The figures of one partition that an allocation reads or changes (DESIGN §4).
+///
+/// Aligned so that each record starts a cache line and the walk finds a record from its
+/// index with a shift.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(align(64))]
 pub(crate) struct Record {
     /// Bytes allocated by objects associated with the partition itself.
     own: u64,
-    /// Sum of the children's charges.
-    children_charge: u64,
+    /// `own` plus the children's charges.
+    used: u64,
     /// Configured minimum.
     min: u64,
     /// What allocations are checked against: the pending max if any, else the max.
@@ -23,9 +27,9 @@ pub(crate) struct Record {
     highest: u64,
     /// Index of the parent's record, or [`CLASS_LEVEL`].
     parent: u32,
-    /// Whether a change of use must be followed up beyond `highest`: events to offer
-    /// or a pending max.
-    watched: bool,
+    /// The use from which a change must be followed up: `highest + 1` (a new highest),
+    /// or 0 (every change) when events are to be offered or a max is pending.
+    alert: u64,
     /// Whether anyone subscribed to the partition's events.
     subscribed: bool,
     /// Configured maximum.
@@ -36,6 +40,8 @@ pub(crate) struct Record {
     class: u32,
     /// The partition's key: its slot, and the generation that tells a stale id.
     key: Key,
+    /// Whether the slot holds no partition (its partition was destroyed).
+    vacant: bool,
 }
 
 impl Record {
@@ -43,17 +49,26 @@ impl Record {
     pub fn new(key: Key, limits: Limits, parent: u32, class: u32) -> Record {
         Record {
             own: 0,
-            children_charge: 0,
+            used: 0,
             min: limits.min,
             limit: limits.max,
             highest: 0,
             parent,
-            watched: false,
+            alert: 1,
             subscribed: false,
             max: limits.max,
             pending_max: None,
             class,
             key,
+            vacant: false,
+        }
+    }
+
+    /// What an empty slot holds.
+    fn vacant() -> Record {
+        Record {
+            vacant: true,
+            ..Record::new(Key::new(0, 0), Limits::OPEN, CLASS_LEVEL, 0)
         }
     }
 
@@ -62,9 +77,14 @@ impl Record {
         self.own
     }
 
-    /// `own + children_charge`; both are bounded by the class size, so no overflow.
+    /// `own` plus the children's charges: the current size.
     pub fn used(&self) -> u64 {
-        self.own.saturating_add(self.children_charge)
+        self.used
+    }
+
+    /// What the children cost.
+    fn children_charge(&self) -> u64 {
+        self.used.saturating_sub(self.own)
     }
 
     /// `max(min, used)`: what the partition costs its parent or class.
@@ -126,26 +146,61 @@ impl Record {
 
     /// Sets the highest size to the current one; returns the old highest.
     pub fn reset_highest(&mut self) -> u64 {
-        let used = self.used();
-        std::mem::replace(&mut self.highest, used)
+        let old = std::mem::replace(&mut self.highest, self.used);
+        self.refresh();
+        old
     }
 
     /// Notes that use is now `used`: a new highest, and a pending max that now fits
     /// takes effect. Returns whether it did.
     pub fn note_used(&mut self, used: u64) -> bool {
         self.highest = self.highest.max(used);
-        match self.pending_max {
+        let applied = match self.pending_max {
             Some(pending) if used <= pending => {
-                self.set_max(pending);
+                self.max = pending;
+                self.pending_max = None;
                 true
             }
             _ => false,
-        }
+        };
+        self.refresh();
+        applied
     }
 
     fn refresh(&mut self) {
         self.limit = self.pending_max.unwrap_or(self.max);
-        self.watched = self.subscribed || self.pending_max.is_some();
+        self.alert = if self.subscribed || self.pending_max.is_some() {
+            0
+        } else {
+            self.highest.saturating_add(1)
+        };
+    }
+}
+
+/// The change of charge a level passes on when its use moves by `d` (growth when `UP`)
+/// from `old_used` to `new_used`: `|max(min, new) - max(min, old)|`. Above its min the
+/// whole change passes, which is the usual case; writing it as a branch rather than a
+/// select lets the processor carry `d` on to the next level before this level's use is
+/// loaded, so the levels of a walk overlap.
+#[inline(always)]
+fn passed_on<const UP: bool>(d: u64, old_used: u64, new_used: u64, min: u64) -> u64 {
+    let lower = if UP { old_used } else { new_used };
+    if lower >= min {
+        d
+    } else {
+        through_reservation::<UP>(old_used, new_used, min)
+    }
+}
+
+/// [`passed_on`] for a level whose use was or is below its min: the reservation absorbs
+/// the part of the change beneath it.
+#[cold]
+#[inline(never)]
+fn through_reservation<const UP: bool>(old_used: u64, new_used: u64, min: u64) -> u64 {
+    if UP {
+        new_used.saturating_sub(min.max(old_used))
+    } else {
+        old_used.saturating_sub(min.max(new_used))
     }
 }
 
@@ -237,20 +292,20 @@ pub(crate) struct Level {
 /// Every partition's record, at the index of its slab slot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Ledger {
-    records: Vec<Option<Record>>,
+    /// Destroyed partitions leave vacant records, never reached: a live partition's
+    /// parent is live, and lookups by key skip them.
+    records: Vec<Record>,
 }
 
 impl Ledger {
     /// The record at `index`.
     pub fn get(&self, index: u32) -> Option<&Record> {
-        self.records.get(index as usize).and_then(Option::as_ref)
+        self.records.get(index as usize).filter(|r| !r.vacant)
     }
 
     /// The record at `index`, mutably.
     pub fn get_mut(&mut self, index: u32) -> Option<&mut Record> {
-        self.records
-            .get_mut(index as usize)
-            .and_then(Option::as_mut)
+        self.records.get_mut(index as usize).filter(|r| !r.vacant)
     }
 
     /// The record of the partition `key`, if it is still there.
@@ -267,18 +322,18 @@ impl Ledger {
     pub fn put(&mut self, record: Record) {
         let at = record.key.index() as usize;
         if self.records.len() <= at {
-            self.records.resize(at + 1, None);
+            self.records.resize(at + 1, Record::vacant());
         }
         if let Some(slot) = self.records.get_mut(at) {
-            *slot = Some(record);
+            *slot = record;
         }
     }
 
     /// Forgets the record of the partition `key`.
     pub fn remove(&mut self, key: Key) {
         if let Some(slot) = self.records.get_mut(key.index() as usize) {
-            if slot.is_some_and(|r| r.key == key) {
-                *slot = None;
+            if !slot.vacant && slot.key == key {
+                *slot = Record::vacant();
             }
         }
     }
@@ -298,7 +353,7 @@ impl Ledger {
         let r = self.get_mut(index).ok_or(Refusal::Missing { index })?;
         let old_used = r.used();
         let new_used = new_own
-            .checked_add(r.children_charge)
+            .checked_add(r.children_charge())
             .ok_or(Refusal::Overflow { index })?;
         if mode == Mode::Checked && new_used > old_used && new_used > r.limit {
             return Err(Refusal::OverMax {
@@ -309,8 +364,9 @@ impl Ledger {
         }
         let delta = Delta::between(r.charge(), new_min.max(new_used));
         let (old_own, old_min, parent, class) = (r.own, r.min, r.parent, r.class);
-        let leaf_eventful = r.watched || new_used > r.highest;
+        let leaf_eventful = new_used >= r.alert;
         r.own = new_own;
+        r.used = new_used;
         r.min = new_min;
         let walked = match delta.up {
             true => self.walk::<true>(classes, class, parent, delta.amount, mode),
@@ -321,6 +377,7 @@ impl Ledger {
             Err(refusal) => {
                 if let Some(r) = self.get_mut(index) {
                     r.own = old_own;
+                    r.used = old_used;
                     r.min = old_min;
                 }
                 return Err(refusal);
@@ -379,22 +436,24 @@ impl Ledger {
                     limit: r.limit,
                 });
             }
-            (own, used, used.saturating_sub(r.min.max(old_used)))
+            (own, used, passed_on::<true>(bytes, old_used, used, r.min))
         } else {
             let Some(own) = old_own.checked_sub(bytes) else {
                 return Err(Refusal::Overflow { index });
             };
             let used = old_used - bytes;
-            (own, used, old_used.saturating_sub(r.min.max(used)))
+            (own, used, passed_on::<false>(bytes, old_used, used, r.min))
         };
-        let leaf_eventful = r.watched | (new_used > r.highest);
+        let leaf_eventful = new_used >= r.alert;
         let (parent, class, min) = (r.parent, r.class, r.min);
         r.own = new_own;
+        r.used = new_used;
         let eventful = match self.walk::<UP>(classes, class, parent, charge_delta, Mode::Checked) {
             Ok(eventful) => eventful | leaf_eventful,
             Err(refusal) => {
                 if let Some(r) = self.get_mut(index) {
                     r.own = old_own;
+                    r.used = old_used;
                 }
                 return Err(refusal);
             }
@@ -455,7 +514,7 @@ impl Ledger {
         let mut at = entry;
         let mut d = amount;
         while d != 0 {
-            let Some(r) = self.records.get_mut(at as usize).and_then(Option::as_mut) else {
+            let Some(r) = self.records.get_mut(at as usize) else {
                 return self
                     .walk_into_class::<UP>(classes, class, entry, amount, at, d, checked)
                     .map(|()| eventful);
@@ -464,7 +523,7 @@ impl Ledger {
             let new_used = if UP {
                 match old_used.checked_add(d) {
                     Some(used) if !(checked && used > r.limit) => {
-                        r.children_charge = r.children_charge.saturating_add(d);
+                        r.used = used;
                         used
                     }
                     refused => {
@@ -481,19 +540,15 @@ impl Ledger {
                     }
                 }
             } else {
-                let Some(cc) = r.children_charge.checked_sub(d) else {
+                let Some(used) = old_used.checked_sub(d) else {
                     self.undo(entry, Delta::down(amount), at);
                     return Err(Refusal::Overflow { index: at });
                 };
-                r.children_charge = cc;
-                old_used - d
+                r.used = used;
+                used
             };
-            eventful |= r.watched | (new_used > r.highest);
-            d = if UP {
-                new_used.saturating_sub(r.min.max(old_used))
-            } else {
-                old_used.saturating_sub(r.min.max(new_used))
-            };
+            eventful |= new_used >= r.alert;
+            d = passed_on::<UP>(d, old_used, new_used, r.min);
             at = r.parent;
         }
         Ok(eventful)
@@ -552,7 +607,7 @@ impl Ledger {
                 return;
             };
             if let Some(r) = self.get_mut(at) {
-                r.children_charge = level.old_used.saturating_sub(r.own);
+                r.used = level.old_used;
             }
             d = next;
             at = parent;
@@ -564,7 +619,7 @@ impl Ledger {
     pub fn read_back(&self, leaf: LeafChange) -> Option<(Level, u32, Delta)> {
         let r = self.get(leaf.index)?;
         let new_used = r.used();
-        let old_used = leaf.old_own.saturating_add(r.children_charge);
+        let old_used = leaf.old_own.saturating_add(r.children_charge());
         let delta = Delta::between(leaf.old_min.max(old_used), r.charge());
         let level = Level {
             index: leaf.index,
@@ -725,12 +780,13 @@ mod tests {
             grow(&mut l, &mut classes, 5),
             "a subscribed root hears of every change"
         );
+        assert!(grow(&mut l, &mut classes, 0), "down to nothing, too");
         if let Some(root) = l.get_mut(0) {
             root.set_subscribed(false);
-            root.set_pending_max(Some(2));
+            root.set_pending_max(Some(6));
             assert_eq!(
                 root.limit(),
-                2,
+                6,
                 "a pending max is what growth is checked against"
             );
         }
