@@ -268,12 +268,12 @@ impl Engine {
     /// Adds or takes own bytes of a partition, keeping every invariant (refused with
     /// `ENOMEM` and nothing changed otherwise).
     pub(crate) fn shift_own(&mut self, id: PartId, delta: Delta) -> Result<()> {
-        let follow_up = self
+        let eventful = self
             .ledger
             .shift_own(&mut self.classes, id.0, delta)
             .map_err(|r| self.refusal(r))?;
-        if let Some(leaf) = follow_up {
-            self.settle_leaf(leaf);
+        if eventful {
+            self.settle_shift(id, delta);
         }
         Ok(())
     }
@@ -297,11 +297,19 @@ impl Engine {
         Ok(())
     }
 
+    /// [`Engine::settle_leaf`] for a change [`Ledger::shift_own`] made.
+    #[cold]
+    pub(crate) fn settle_shift(&mut self, id: PartId, delta: Delta) {
+        if let Some(leaf) = self.ledger.shifted(id.0, delta) {
+            self.settle_leaf(leaf);
+        }
+    }
+
     /// Follows up a change of a partition's own bytes or min that needs it: highest
     /// sizes, pending maxes that now fit, size events — for the partition, every level
     /// its charge changed, and the class.
     #[cold]
-    pub(crate) fn settle_leaf(&mut self, leaf: LeafChange) {
+    fn settle_leaf(&mut self, leaf: LeafChange) {
         let Some((level, entry, delta)) = self.ledger.read_back(leaf) else {
             return;
         };

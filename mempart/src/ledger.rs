@@ -233,7 +233,7 @@ impl Delta {
     }
 
     /// The value before this change was applied to `value`.
-    fn revert(self, value: u64) -> u64 {
+    pub fn revert(self, value: u64) -> u64 {
         if self.up {
             value.saturating_sub(self.amount)
         } else {
@@ -394,18 +394,29 @@ impl Ledger {
     }
 
     /// Adds (`delta.up`) or takes `delta.amount` own bytes of the partition `key`, its
-    /// min unchanged, in [`Mode::Checked`]. Returns the change when it needs following up.
+    /// min unchanged, in [`Mode::Checked`]. Says whether the change needs following up
+    /// ([`Ledger::shifted`] tells what it was).
     #[inline]
     pub fn shift_own(
         &mut self,
         classes: &mut [Class],
         key: Key,
         delta: Delta,
-    ) -> Result<Option<LeafChange>, Refusal> {
+    ) -> Result<bool, Refusal> {
         match delta.up {
             true => self.shift::<true>(classes, key, delta.amount),
             false => self.shift::<false>(classes, key, delta.amount),
         }
+    }
+
+    /// The change [`Ledger::shift_own`] made with `delta`, read back from the record.
+    pub fn shifted(&self, key: Key, delta: Delta) -> Option<LeafChange> {
+        let r = self.live(key)?;
+        Some(LeafChange {
+            index: key.index(),
+            old_own: delta.revert(r.own),
+            old_min: r.min,
+        })
     }
 
     /// [`Ledger::shift_own`] in one direction: the allocation path, without the general
@@ -417,7 +428,7 @@ impl Ledger {
         classes: &mut [Class],
         key: Key,
         bytes: u64,
-    ) -> Result<Option<LeafChange>, Refusal> {
+    ) -> Result<bool, Refusal> {
         let index = key.index();
         let r = self
             .get_mut(index)
@@ -445,7 +456,7 @@ impl Ledger {
             (own, used, passed_on::<false>(bytes, old_used, used, r.min))
         };
         let leaf_eventful = new_used >= r.alert;
-        let (parent, class, min) = (r.parent, r.class, r.min);
+        let (parent, class) = (r.parent, r.class);
         r.own = new_own;
         r.used = new_used;
         let eventful = match self.walk::<UP>(classes, class, parent, charge_delta, Mode::Checked) {
@@ -470,12 +481,7 @@ impl Ledger {
             }
             None => false,
         };
-        let leaf = LeafChange {
-            index,
-            old_own,
-            old_min: min,
-        };
-        Ok((eventful | class_watched).then_some(leaf))
+        Ok(eventful | class_watched)
     }
 
     /// Carries `delta` of a child's charge into the level `entry` (a record index, or

@@ -436,10 +436,10 @@ impl Engine {
         let part = assoc.part;
         let delta = Delta::up(bytes);
         match self.ledger.shift_own(&mut self.classes, part.0, delta) {
-            Ok(follow_up) => {
+            Ok(eventful) => {
                 assoc.charged += bytes;
-                if let Some(leaf) = follow_up {
-                    self.settle_leaf(leaf);
+                if eventful {
+                    self.settle_shift(part, delta);
                 }
                 Ok(Grant {
                     partition: part,
@@ -470,13 +470,13 @@ impl Engine {
             .ledger
             .shift_own(&mut self.classes, grant.partition.0, delta)
         {
-            Ok(follow_up) => {
+            Ok(eventful) => {
                 *slot -= grant.bytes;
                 if *slot == 0 && !proc.retained.is_empty() {
                     proc.retained.retain(|r| r.1 > 0);
                 }
-                if let Some(leaf) = follow_up {
-                    self.settle_leaf(leaf);
+                if eventful {
+                    self.settle_shift(grant.partition, delta);
                 }
                 Ok(())
             }
