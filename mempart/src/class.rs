@@ -79,4 +79,24 @@ pub(crate) struct Class {
     pub allocated: u64,
     pub highest_allocated: u64,
     pub subscribers: Vec<SubId>,
+    /// The allocated bytes from which a change must be followed up: a new highest
+    /// (`highest_allocated + 1`), or every change (0) while anyone is subscribed.
+    pub alert: u64,
+}
+
+impl Class {
+    /// Sets `alert` after the highest or the subscribers changed.
+    pub fn refresh_alert(&mut self) {
+        self.alert = if self.subscribers.is_empty() {
+            self.highest_allocated.saturating_add(1)
+        } else {
+            0
+        };
+    }
+
+    /// Notes the allocated bytes now: a new highest.
+    pub fn note_allocated(&mut self) {
+        self.highest_allocated = self.highest_allocated.max(self.allocated);
+        self.refresh_alert();
+    }
 }

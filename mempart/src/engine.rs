@@ -136,6 +136,7 @@ impl Engine {
             allocated: 0,
             highest_allocated: 0,
             subscribers: Vec::new(),
+            alert: 1,
         });
         let limits = Limits {
             min: spec.sys_min,
@@ -319,9 +320,10 @@ impl Engine {
             return;
         };
         let new_own = r.own();
-        let Some(c) = self.classes.get(r.class() as usize) else {
+        let Some(c) = self.classes.get_mut(r.class() as usize) else {
             return;
         };
+        c.note_allocated();
         if new_own != leaf.old_own {
             let old = c
                 .allocated
@@ -945,7 +947,9 @@ impl Engine {
                 if !c.perm.allows(cred, Access::Write) {
                     return Err(Error::new(Errno::Eacces, path, "no write permission"));
                 }
-                Ok(std::mem::replace(&mut c.highest_allocated, c.allocated))
+                let old = std::mem::replace(&mut c.highest_allocated, c.allocated);
+                c.refresh_alert();
+                Ok(old)
             }
             _ => Err(Error::new(
                 Errno::Einval,
@@ -1000,12 +1004,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Tells the ledger whether a partition has subscribers, after its list changed.
+    /// Tells the accounting whether a partition or class has subscribers, after its
+    /// list changed.
     pub(crate) fn refresh_subscribed(&mut self, target: Target) {
-        if let Target::Partition(id) = target {
-            let subscribed = self.part(id).is_ok_and(|p| !p.subscribers.is_empty());
-            if let Ok(r) = self.record_mut(id) {
-                r.set_subscribed(subscribed);
+        match target {
+            Target::Partition(id) => {
+                let subscribed = self.part(id).is_ok_and(|p| !p.subscribers.is_empty());
+                if let Ok(r) = self.record_mut(id) {
+                    r.set_subscribed(subscribed);
+                }
+            }
+            Target::Class(id) => {
+                if let Some(c) = self.classes.get_mut(id.0 as usize) {
+                    c.refresh_alert();
+                }
             }
         }
     }

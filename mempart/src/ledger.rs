@@ -386,8 +386,7 @@ impl Ledger {
         match classes.get_mut(class as usize) {
             Some(c) if old_own != new_own => {
                 c.allocated = c.allocated.saturating_sub(old_own).saturating_add(new_own);
-                c.highest_allocated = c.highest_allocated.max(c.allocated);
-                Ok(eventful || !c.subscribers.is_empty())
+                Ok(eventful || c.allocated >= c.alert)
             }
             _ => Ok(eventful),
         }
@@ -476,8 +475,7 @@ impl Ledger {
                 } else {
                     c.allocated.saturating_sub(bytes)
                 };
-                c.highest_allocated = c.highest_allocated.max(c.allocated);
-                !c.subscribers.is_empty()
+                c.allocated >= c.alert
             }
             None => false,
         };
@@ -673,6 +671,7 @@ mod tests {
             allocated: 0,
             highest_allocated: 0,
             subscribers: Vec::new(),
+            alert: 1,
         }
     }
 
@@ -771,6 +770,7 @@ mod tests {
                 r.note_used(r.used());
             }
         }
+        classes.iter_mut().for_each(Class::note_allocated);
         assert!(
             !grow(&mut l, &mut classes, 5),
             "shrinking below the highest is quiet"

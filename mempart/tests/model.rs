@@ -294,13 +294,14 @@ fn fits(e: &Engine, reported: &BTreeMap<PartId, u64>, change: Change) -> bool {
 }
 
 /// The invariants and the engine's incremental figures against the from-scratch model.
-/// `highest` holds each partition's highest use as of the previous step: no operation
-/// raises a partition's use and lowers it again, so the highest now is exactly the larger
-/// of that and the use now.
+/// `highest` holds each partition's highest use as of the previous step, `class_highest`
+/// each class's highest allocated bytes: no operation raises a figure and lowers it
+/// again, so the highest now is exactly the larger of that and the figure now.
 fn check(
     e: &Engine,
     reported: &BTreeMap<PartId, u64>,
     highest: &mut BTreeMap<PartId, u64>,
+    class_highest: &mut BTreeMap<&'static str, u64>,
 ) -> Result<(), TestCaseError> {
     let seen = observe(e, reported);
     let (used, roots) = recompute(&seen);
@@ -355,7 +356,13 @@ fn check(
             u128::from(c.reserved_unused),
             roots[class] - u128::from(own)
         );
-        prop_assert!(c.highest_allocated >= c.allocated);
+        let expected = class_highest
+            .get(class)
+            .copied()
+            .unwrap_or(0)
+            .max(c.allocated);
+        prop_assert_eq!(c.highest_allocated, expected, "highest of {}", class);
+        class_highest.insert(class, expected);
     }
     Ok(())
 }
@@ -379,6 +386,7 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut grants: Vec<(u32, Grant)> = Vec::new();
     let mut reported: BTreeMap<PartId, u64> = BTreeMap::new();
     let mut highest: BTreeMap<PartId, u64> = BTreeMap::new();
+    let mut class_highest: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut next_pid = 1u32;
     let mut names = 0usize;
     for op in ops {
@@ -648,7 +656,7 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         reported.retain(|id, _| e.partition_metrics(*id).is_ok());
         highest.retain(|id, _| e.partition_metrics(*id).is_ok());
-        check(&e, &reported, &mut highest)?;
+        check(&e, &reported, &mut highest, &mut class_highest)?;
     }
     Ok(())
 }
