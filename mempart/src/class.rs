@@ -85,6 +85,22 @@ pub(crate) struct Class {
 }
 
 impl Class {
+    /// A class with nothing in it yet, owned by the superuser, mode 755.
+    pub fn new(name: &str, size: u64, unit: u64) -> Class {
+        Class {
+            name: name.to_string(),
+            size,
+            unit,
+            perm: Perm::new(0, 0, 0o755),
+            roots: BTreeMap::new(),
+            roots_charge: 0,
+            allocated: 0,
+            highest_allocated: 0,
+            subscribers: Vec::new(),
+            alert: 1,
+        }
+    }
+
     /// Sets `alert` after the highest or the subscribers changed.
     pub fn refresh_alert(&mut self) {
         self.alert = if self.subscribers.is_empty() {

@@ -126,18 +126,8 @@ impl Engine {
             ));
         }
         let id = ClassId(u32::try_from(self.classes.len()).unwrap_or(u32::MAX));
-        self.classes.push(Class {
-            name: spec.name.clone(),
-            size: spec.size,
-            unit: spec.unit,
-            perm: Perm::new(0, 0, 0o755),
-            roots: BTreeMap::new(),
-            roots_charge: 0,
-            allocated: 0,
-            highest_allocated: 0,
-            subscribers: Vec::new(),
-            alert: 1,
-        });
+        self.classes
+            .push(Class::new(&spec.name, spec.size, spec.unit));
         let limits = Limits {
             min: spec.sys_min,
             max: UNLIMITED,

@@ -654,25 +654,12 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::partition::UNLIMITED;
-    use crate::security::Perm;
 
     fn class(size: u64) -> Class {
-        Class {
-            name: "c".into(),
-            size,
-            unit: 1,
-            perm: Perm::new(0, 0, 0o755),
-            roots: BTreeMap::new(),
-            roots_charge: 0,
-            allocated: 0,
-            highest_allocated: 0,
-            subscribers: Vec::new(),
-            alert: 1,
-        }
+        Class::new("c", size, 1)
     }
 
     /// A chain root(0) <- mid(1) <- leaf(2) with these limits.
