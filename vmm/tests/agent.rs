@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 use mempart::{ClassSpec, Credential, Engine};
 use vmm::service::{Authority, PartitionService};
 
+mod common;
+use common::KillOnDrop;
+
 const MIB: u64 = 1 << 20;
 
 /// A binary of the workspace, next to this test's own executable's directory. The
@@ -979,4 +982,90 @@ fn clients_beyond_the_limit_are_refused_at_the_handshake() {
         );
         assert!(matches!(listing, Ok(Ok(_))), "{listing:?}");
     }
+}
+
+/// When the VMM's stream ends while a client waits on an answer, the client is not left
+/// waiting: its connection closes at once, and the agent exits saying why.
+#[test]
+fn a_request_in_flight_when_the_upstream_ends_is_not_left_waiting() {
+    use protocol::{
+        read_frame, write_frame, Client, ClientFrame, Op, ProtocolError, ServerFrame, VERSION,
+    };
+    use std::io::Read;
+    use std::time::Duration;
+    let dir = Rig::dir_for("ended");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let upstream = dir.join("vmm.sock");
+    let listener = UnixListener::bind(&upstream).expect("bind");
+    let mut agent = KillOnDrop(
+        Command::new(binary("mempart-agent"))
+            .arg("--upstream")
+            .arg(&upstream)
+            .arg("--listen")
+            .arg(dir.join("agent.sock"))
+            .args(["--no-cgroups", "--no-fork-events"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("agent starts"),
+    );
+    // Played by the test: the VMM's end of the stream.
+    let (mut vmm, _) = listener.accept().expect("the agent connects");
+    let hello: ClientFrame = read_frame(&mut vmm).expect("hello");
+    assert!(matches!(hello, ClientFrame::Hello { .. }), "{hello:?}");
+    write_frame(&mut vmm, &ServerFrame::Welcome { version: VERSION }).expect("welcome");
+    let mut ready = String::new();
+    BufReader::new(agent.0.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("agent speaks");
+    assert!(ready.starts_with("mempart-agent: ready"), "{ready}");
+
+    let stream = UnixStream::connect(dir.join("agent.sock")).expect("agent");
+    // A client left waiting shows as a timeout here, not as a hung test.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut client = Client::connect(stream).expect("handshake");
+    let asking = std::thread::spawn(move || {
+        client.call(
+            &Credential::guest_root(),
+            Op::List {
+                path: "/partition/mem".into(),
+            },
+        )
+    });
+    // The agent registers its new client, then forwards the request: read both, answer
+    // neither, and go away.
+    loop {
+        let frame: ClientFrame = read_frame(&mut vmm).expect("the request comes upstream");
+        if matches!(
+            frame,
+            ClientFrame::Request {
+                op: Op::List { .. },
+                ..
+            }
+        ) {
+            break;
+        }
+    }
+    drop(vmm);
+    drop(listener);
+
+    let answer = asking.join().expect("the asking thread");
+    assert!(
+        matches!(answer, Err(ProtocolError::Closed)),
+        "the waiting client's connection closed: {answer:?}"
+    );
+    let status = agent.wait_at_most(Duration::from_secs(30));
+    let mut stderr = String::new();
+    if let Some(mut err) = agent.0.stderr.take() {
+        err.read_to_string(&mut stderr).expect("stderr");
+    }
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the agent exits with an error: {stderr}"
+    );
+    assert!(stderr.contains("upstream"), "{stderr}");
 }

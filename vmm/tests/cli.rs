@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{guest, kvm_available};
+use common::{guest, kvm_available, KillOnDrop};
 
 const VMM: &str = env!("CARGO_BIN_EXE_mempart-vmm");
 
@@ -226,15 +226,6 @@ fn a_class_can_live_in_a_file_and_hugepages_either_work_or_are_named() {
 }
 
 /// A child process killed when the test ends, passed or failed.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn ctl_queries_and_reshapes_a_running_vm() {
     if !kvm_available() {

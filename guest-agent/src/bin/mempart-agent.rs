@@ -168,8 +168,13 @@ impl Outbox {
     fn push(&self, frame: ServerFrame) {
         if let Err(TrySendError::Full(_)) = self.queue.try_send(frame) {
             eprintln!("mempart-agent: a client stopped reading; disconnecting it");
-            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+            self.disconnect();
         }
+    }
+
+    /// Closes the client's connection: whatever it waits for, it hears that it ended.
+    fn disconnect(&self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -709,14 +714,18 @@ fn main() -> anyhow::Result<()> {
     });
     let router = {
         let agent = Arc::clone(&agent);
+        let listen = args.listen.clone();
         std::thread::spawn(move || {
             let ended = agent.route_upstream(reader);
-            // Nobody will answer now: whoever waits (the view, the mirror) hears so, and
-            // nobody else starts waiting.
+            // Nobody will answer now: whoever waits (the view, the mirror) hears so,
+            // nobody else starts waiting, and every client's connection closes.
             let mut routes = lock(&agent.routes);
             routes.upstream_ended = true;
             routes.pending.clear();
+            routes.clients.values().for_each(Outbox::disconnect);
             drop(routes);
+            // Wakes the accept loop, which then sees the end and stops the agent.
+            let _ = UnixStream::connect(&listen);
             ended
         })
     };
@@ -762,7 +771,7 @@ fn main() -> anyhow::Result<()> {
     let mut next_client = 0u64;
     let seated = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        if router.is_finished() {
+        if lock(&agent.routes).upstream_ended {
             break;
         }
         let Ok(stream) = stream else { continue };

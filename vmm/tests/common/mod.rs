@@ -143,3 +143,35 @@ pub fn tiny_config(
     };
     (config, rx)
 }
+
+/// A child process killed (and reaped) when the test lets go of it, even through a failed
+/// assertion, so a broken test never leaves a process spinning.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Waits for the child to exit. A child still running after `limit` is killed, so a
+    /// child that does not stop fails the test instead of hanging it.
+    pub fn wait_at_most(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        let (exited, told) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if told.recv_timeout(limit).is_err() {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+        });
+        let status = self
+            .0
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for the child: {e}"));
+        let _ = exited.send(());
+        let _ = watchdog.join();
+        status
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
