@@ -1069,3 +1069,42 @@ fn a_request_in_flight_when_the_upstream_ends_is_not_left_waiting() {
     );
     assert!(stderr.contains("upstream"), "{stderr}");
 }
+
+/// A client that connects and never says hello is disconnected after `--hello-timeout`,
+/// and the seat it held serves the next client.
+#[test]
+fn a_silent_client_is_cut_off_and_its_seat_freed() {
+    use protocol::{Client, Op, ProtocolError};
+    use std::io::Read;
+    use std::time::Duration;
+    let rig = Rig::with_args(
+        "silent",
+        &["--max-clients", "1", "--hello-timeout", "1", "--no-cgroups"],
+    );
+    let socket = rig.dir.join("agent.sock");
+    let mut silent = UnixStream::connect(&socket).expect("agent");
+    // Guards the test against an agent that never lets go.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let refused = Client::connect(UnixStream::connect(&socket).expect("agent")).err();
+    assert!(
+        matches!(&refused, Some(ProtocolError::Handshake(reason)) if reason.contains("1 clients at most")),
+        "the silent client holds the only seat: {refused:?}"
+    );
+    let mut rest = Vec::new();
+    let read = silent.read_to_end(&mut rest);
+    assert!(
+        matches!(read, Ok(0)),
+        "the agent closed the silent client's connection: {read:?}"
+    );
+    let mut next = Client::connect(UnixStream::connect(&socket).expect("agent"))
+        .expect("the freed seat serves the next client");
+    let listing = next.call(
+        &Credential::guest_root(),
+        Op::List {
+            path: "/partition/mem".into(),
+        },
+    );
+    assert!(matches!(listing, Ok(Ok(_))), "{listing:?}");
+}

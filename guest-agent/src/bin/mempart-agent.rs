@@ -60,6 +60,10 @@ struct Args {
     /// the VMM with the reader's identity.
     #[arg(long, value_name = "DIR")]
     view: Option<PathBuf>,
+    /// Seconds a new client has to say hello; one that stays silent is disconnected and
+    /// its seat freed.
+    #[arg(long, default_value_t = 5.0)]
+    hello_timeout: f64,
     /// Most clients served at once; one more is refused at its handshake.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     max_clients: u16,
@@ -85,9 +89,6 @@ impl Drop for Seat {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
-
-/// How long a new client has to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the cgroup mirror's thread does next.
 enum MirrorWork {
@@ -534,6 +535,7 @@ impl Agent {
         client: u64,
         stream: UnixStream,
         seat: Result<Seat, u16>,
+        hello_timeout: Duration,
     ) -> anyhow::Result<()> {
         let peer: Peer = peer_of(&stream).context("SO_PEERCRED")?;
         let caller = Credential::Guest {
@@ -543,8 +545,11 @@ impl Agent {
         };
         let mut reader = stream.try_clone()?;
         let mut writer = stream;
-        // A client that never says hello does not hold its thread for long.
-        reader.set_read_timeout(Some(HELLO_TIMEOUT))?;
+        // Declared after the streams, so dropped before them: by the time a client sees
+        // its connection close, its seat is free for the next one.
+        let seat = seat;
+        // A client that never says hello does not hold its thread (or seat) for long.
+        reader.set_read_timeout(Some(hello_timeout))?;
         let hello = read_frame(&mut reader)?;
         reader.set_read_timeout(None)?;
         let refusal = match hello {
@@ -635,6 +640,14 @@ impl Agent {
     }
 }
 
+/// A positive number of seconds given for `flag`, at most a day.
+fn positive_seconds(flag: &str, seconds: f64) -> anyhow::Result<Duration> {
+    if !(seconds.is_finite() && seconds > 0.0) {
+        bail!("{flag} {seconds}: give a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(seconds.min(86_400.0)))
+}
+
 /// Opens the upstream: a unix socket is connected, anything else (the virtio port) opened.
 fn open_upstream(path: &PathBuf) -> anyhow::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
     let meta = std::fs::metadata(path).with_context(|| format!("upstream {}", path.display()))?;
@@ -670,13 +683,8 @@ fn main() -> anyhow::Result<()> {
         Some(path) => path,
         None => find_port()?,
     };
-    if !(args.report_interval.is_finite() && args.report_interval > 0.0) {
-        bail!(
-            "--report-interval {}: give a positive number of seconds",
-            args.report_interval
-        );
-    }
-    let interval = Duration::from_secs_f64(args.report_interval.min(86_400.0));
+    let interval = positive_seconds("--report-interval", args.report_interval)?;
+    let hello_timeout = positive_seconds("--hello-timeout", args.hello_timeout)?;
     let (mut reader, mut writer) = open_upstream(&upstream)?;
     write_frame(
         &mut writer,
@@ -780,7 +788,7 @@ fn main() -> anyhow::Result<()> {
         let agent = Arc::clone(&agent);
         let client = next_client;
         std::thread::spawn(move || {
-            if let Err(e) = agent.serve_client(client, stream, seat) {
+            if let Err(e) = agent.serve_client(client, stream, seat, hello_timeout) {
                 let closed = e
                     .downcast_ref::<protocol::ProtocolError>()
                     .is_some_and(|e| matches!(e, protocol::ProtocolError::Closed));
