@@ -18,6 +18,15 @@ use vmm::service::{Authority, PartitionService};
 mod common;
 use common::KillOnDrop;
 
+/// Kills process `pid`, which is not the test's own child, when dropped.
+struct KillPid(u32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.to_string()).status();
+    }
+}
+
 const MIB: u64 = 1 << 20;
 
 /// A binary of the workspace, next to this test's own executable's directory. The
@@ -591,25 +600,28 @@ fn the_agent_reports_cgroup_use_and_mirrors_a_host_reclaim() {
 fn a_child_that_never_talks_to_the_agent_is_tracked_from_its_fork() {
     let rig = Rig::new("forks");
     rig.ok(0, &["create", "/partition/mem/sysram/apps"]);
-    let mut run = rig
-        .mpctl_command()
-        .args([
-            "run",
-            "--part",
-            "/partition/mem/sysram/apps",
-            "--",
-            "/bin/sh",
-            "-c",
-            "sleep 600 & echo $!; wait",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("mpctl run");
+    let mut run = KillOnDrop(
+        rig.mpctl_command()
+            .args([
+                "run",
+                "--part",
+                "/partition/mem/sysram/apps",
+                "--",
+                "/bin/sh",
+                "-c",
+                "sleep 600 & echo $!; wait",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mpctl run"),
+    );
     let mut line = String::new();
-    BufReader::new(run.stdout.take().expect("stdout"))
+    BufReader::new(run.0.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("the child's pid");
     let child: u32 = line.trim().parse().expect("a pid");
+    // The shell's child is no child of the test: it goes when the test does, pass or fail.
+    let _sleeper = KillPid(child);
     let service = rig.service.clone();
     let mut seen = service.generation();
     let tracked = |engine: &Arc<Mutex<Engine>>| {
@@ -634,12 +646,6 @@ fn a_child_that_never_talks_to_the_agent_is_tracked_from_its_fork() {
         view.iter().any(|a| a.path == "/partition/mem/sysram/apps"),
         "the child inherited its parent's partition: {view:?}"
     );
-    let killed = Command::new("kill")
-        .arg(child.to_string())
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let _ = run.wait();
 }
 
 /// `alloc --pid` charges another of the caller's processes (here the shell `mpctl run`
