@@ -263,29 +263,17 @@ impl PartitionView {
         let (mut uid, mut gid, mut perm) = (0, 0, 0o555);
         let owner = |p: &protocol::Perm| (p.uid, p.gid, (p.mode & 0o777) as u16);
         match kind {
-            Kind::Partition => {
-                if let Ok(Reply::Metrics(m)) = self.call(
-                    &Credential::guest_root(),
-                    Op::Metrics {
-                        path: path.to_string(),
-                    },
-                ) {
-                    (uid, gid, perm) = owner(&m.current.perm);
-                }
-            }
-            Kind::Class => {
-                if let Ok(Reply::Class(c)) = self.call(
-                    &Credential::guest_root(),
-                    Op::ClassMetrics {
-                        path: path.to_string(),
-                    },
-                ) {
-                    (uid, gid, perm) = owner(&c.perm);
+            Kind::Mem | Kind::Class | Kind::Group | Kind::Partition => {
+                let stat = Op::Stat {
+                    path: path.to_string(),
+                };
+                if let Ok(Reply::Perm(p)) = self.call(&Credential::guest_root(), stat) {
+                    (uid, gid, perm) = owner(&p);
                 }
             }
             Kind::Metrics { .. } => perm = 0o444,
             Kind::Process(_) | Kind::Pseudo(_) => perm = 0o777,
-            Kind::Root | Kind::Mem | Kind::Group => {}
+            Kind::Root => {}
         }
         let file_type = kind.file_type();
         FileAttr {

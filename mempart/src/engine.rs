@@ -824,6 +824,26 @@ impl Engine {
         })
     }
 
+    /// The owner, group and mode of the class, group or partition at `path` (like
+    /// `stat`, it needs no read permission); `/partition/mem` has its own.
+    pub fn stat(&self, path: &str) -> Result<Perm> {
+        match self.resolve(path)? {
+            Node::Mem => Ok(MEM_PERM),
+            Node::Class(c) => Ok(self.class(c)?.perm),
+            Node::Group(g) => self
+                .groups
+                .get(&g)
+                .map(|g| g.perm)
+                .ok_or_else(|| Error::new(Errno::Enoent, path, "no such group")),
+            Node::Partition(id) => Ok(self.part(id)?.perm),
+            Node::Process(..) | Node::Pseudo { .. } => Err(Error::new(
+                Errno::Einval,
+                path,
+                "only classes, partitions and groups have permissions",
+            )),
+        }
+    }
+
     fn change_perm(
         &mut self,
         cred: &Credential,

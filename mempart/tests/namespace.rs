@@ -97,6 +97,38 @@ fn listing_shows_classes_groups_partitions_and_processes() {
 }
 
 #[test]
+fn stat_gives_owner_group_and_mode_of_classes_groups_and_partitions() {
+    let mut e = seed_example();
+    let mine = "/partition/mem/class 1/p1/mine";
+    ok(e.create(
+        &HOST,
+        mine,
+        NewPartition {
+            mode: 0o700,
+            ..NewPartition::default()
+        },
+    ));
+    for node in ["/partition/mem/my_pseudo_p0", mine] {
+        ok(e.chown(&HOST, node, 1000, 100));
+    }
+    ok(e.chmod(&HOST, "/partition/mem/my_pseudo_p0", 0o710));
+    let stat = |path: &str| {
+        let p = ok(e.stat(path));
+        (p.uid, p.gid, p.mode)
+    };
+    assert_eq!(stat("/partition/mem"), (0, 0, 0o755));
+    assert_eq!(stat("/partition/mem/class 1"), (0, 0, 0o755));
+    assert_eq!(stat("/partition/mem/my_pseudo_p0"), (1000, 100, 0o710));
+    assert_eq!(stat(mine), (1000, 100, 0o700));
+    // Pseudo partitions and processes are names for something else.
+    assert_eq!(
+        errno(e.stat("/partition/mem/my_pseudo_p0/p1")),
+        Errno::Einval
+    );
+    assert_eq!(errno(e.stat("/partition/mem/nothing")), Errno::Enoent);
+}
+
+#[test]
 fn group_association_associates_with_every_member() {
     let mut e = seed_example();
     ok(e.process_start(&HOST, 1, None, &Spawn::Inherit));

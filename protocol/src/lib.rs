@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of a hello: "MPRT".
 pub const MAGIC: [u8; 4] = *b"MPRT";
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// The largest frame either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
@@ -276,6 +276,12 @@ pub enum Op {
         /// Bytes it uses itself, children not counted.
         own: u64,
     },
+    /// The owner, group and mode of a class, group or partition (no read permission
+    /// needed, as with `stat`).
+    Stat {
+        /// Its path.
+        path: String,
+    },
 }
 
 /// A successful answer.
@@ -304,6 +310,8 @@ pub enum Reply {
         /// Where the memory is, for classes other than sysram.
         gpa: Option<u64>,
     },
+    /// A node's owner, group and mode.
+    Perm(Perm),
 }
 
 /// A refusal: the errno, its name and the engine's message naming the path.

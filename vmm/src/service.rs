@@ -227,6 +227,7 @@ impl PartitionService {
                 Op::List { .. }
                     | Op::Metrics { .. }
                     | Op::ClassMetrics { .. }
+                    | Op::Stat { .. }
                     | Op::ProcessView { .. }
             );
             let result = self.handle(&caller, op, authority, &subs);
@@ -324,6 +325,7 @@ impl PartitionService {
             Op::List { path } => Reply::Entries(e.list(caller, &path)?),
             Op::Metrics { path } => Reply::Metrics(Box::new(e.metrics(caller, &path)?)),
             Op::ClassMetrics { path } => Reply::Class(e.class_metrics(caller, &path)?),
+            Op::Stat { path } => Reply::Perm(e.stat(&path)?),
             Op::Create { path, limits, mode } => {
                 e.create(caller, &path, NewPartition { limits, mode })?;
                 Reply::Done

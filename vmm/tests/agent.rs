@@ -219,6 +219,8 @@ fn every_command_through_the_agent_with_the_callers_identity() {
     rig.refused(1002, &["create", &format!("{apps}/mine")], "EACCES");
     rig.refused(1000, &["create", "/partition/mem/group"], "EACCES");
     rig.ok(0, &["create", "/partition/mem/group"]);
+    rig.ok(0, &["chown", "1000:1000", "/partition/mem/group"]);
+    rig.ok(0, &["chmod", "710", "/partition/mem/group"]);
     rig.ok(0, &["pseudo", "/partition/mem/group/ram", apps]);
     assert_eq!(
         rig.ok(1000, &["ls", "/partition/mem/group"]),
@@ -726,6 +728,8 @@ fn the_partition_view_lists_processes_and_prints_metrics() {
     );
     rig.ok(0, &["chown", "1000:1000", apps]);
     rig.ok(0, &["create", "/partition/mem/group"]);
+    rig.ok(0, &["chown", "1000:1000", "/partition/mem/group"]);
+    rig.ok(0, &["chmod", "710", "/partition/mem/group"]);
     rig.ok(0, &["pseudo", "/partition/mem/group/ram", apps]);
     rig.refused(0, &["create", "/partition/mem/sysram/metrics"], "EINVAL");
 
@@ -746,6 +750,12 @@ fn the_partition_view_lists_processes_and_prints_metrics() {
     assert!(meta.is_dir());
     assert_eq!(meta.mode() & 0o777, 0o750);
     assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    // Groups and the name space's root show their owners and modes too.
+    let meta = std::fs::metadata(at("mem/group")).expect("stat");
+    assert_eq!(meta.mode() & 0o777, 0o710);
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    let meta = std::fs::metadata(at("mem")).expect("stat");
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o755, 0));
 
     // A shell run into the partition finds itself listed there, as a link to its /proc.
     let listing = format!("echo $$; ls {}", at("mem/sysram/apps"));
