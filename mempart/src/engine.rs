@@ -394,6 +394,11 @@ impl Engine {
             Refusal::Missing { index } => {
                 Error::new(Errno::Enoent, path_at(index), "no such partition")
             }
+            Refusal::Unaligned { unit } => Error::new(
+                Errno::Einval,
+                "size",
+                format!("not a multiple of the class's unit {unit}"),
+            ),
         }
     }
 

@@ -264,6 +264,8 @@ pub(crate) enum Refusal {
     ClassOverflow { class: u32 },
     /// No record at `index` (a stale or corrupt link).
     Missing { index: u32 },
+    /// A size that is not a multiple of the class's allocation unit.
+    Unaligned { unit: u64 },
 }
 
 /// A change of one partition's own bytes or min, as it was before: enough to read the
@@ -368,9 +370,10 @@ impl Ledger {
         r.own = new_own;
         r.used = new_used;
         r.min = new_min;
-        let walked = match delta.up {
-            true => self.walk::<true>(classes, class, parent, delta.amount, mode),
-            false => self.walk::<false>(classes, class, parent, delta.amount, mode),
+        let walked = match classes.get_mut(class as usize) {
+            Some(c) if delta.up => self.walk::<true>(c, class, parent, delta.amount, mode),
+            Some(c) => self.walk::<false>(c, class, parent, delta.amount, mode),
+            None => Err(Refusal::Missing { index }),
         };
         let eventful = match walked {
             Ok(eventful) => eventful || leaf_eventful,
@@ -430,13 +433,22 @@ impl Ledger {
     ) -> Result<bool, Refusal> {
         let index = key.index();
         let r = self
-            .get_mut(index)
-            .filter(|r| r.key == key)
+            .records
+            .get_mut(index as usize)
+            .filter(|r| r.key == key && !r.vacant)
             .ok_or(Refusal::Missing { index })?;
-        let (old_own, old_used) = (r.own, r.used());
-        let (new_own, new_used, charge_delta) = if UP {
-            let (Some(own), Some(used)) = (old_own.checked_add(bytes), old_used.checked_add(bytes))
-            else {
+        let class = r.class;
+        let c = classes
+            .get_mut(class as usize)
+            .ok_or(Refusal::Missing { index })?;
+        // Units are powers of two (checked when the class is added).
+        if bytes & c.unit.wrapping_sub(1) != 0 {
+            return Err(Refusal::Unaligned { unit: c.unit });
+        }
+        let old_used = r.used;
+        let (new_used, charge_delta) = if UP {
+            // `own` is part of `used`: if this does not overflow, neither does `own`.
+            let Some(used) = old_used.checked_add(bytes) else {
                 return Err(Refusal::Overflow { index });
             };
             if bytes != 0 && used > r.limit {
@@ -446,40 +458,44 @@ impl Ledger {
                     limit: r.limit,
                 });
             }
-            (own, used, passed_on::<true>(bytes, old_used, used, r.min))
+            (used, passed_on::<true>(bytes, old_used, used, r.min))
         } else {
-            let Some(own) = old_own.checked_sub(bytes) else {
+            if r.own < bytes {
                 return Err(Refusal::Overflow { index });
-            };
+            }
             let used = old_used - bytes;
-            (own, used, passed_on::<false>(bytes, old_used, used, r.min))
+            (used, passed_on::<false>(bytes, old_used, used, r.min))
         };
         let leaf_eventful = new_used >= r.alert;
-        let (parent, class) = (r.parent, r.class);
-        r.own = new_own;
+        let parent = r.parent;
+        if UP {
+            r.own += bytes;
+        } else {
+            r.own -= bytes;
+        }
         r.used = new_used;
-        let eventful = match self.walk::<UP>(classes, class, parent, charge_delta, Mode::Checked) {
+        let walked = self.walk::<UP>(c, class, parent, charge_delta, Mode::Checked);
+        let eventful = match walked {
             Ok(eventful) => eventful | leaf_eventful,
             Err(refusal) => {
                 if let Some(r) = self.get_mut(index) {
-                    r.own = old_own;
-                    r.used = old_used;
+                    if UP {
+                        r.own -= bytes;
+                        r.used -= bytes;
+                    } else {
+                        r.own += bytes;
+                        r.used += bytes;
+                    }
                 }
                 return Err(refusal);
             }
         };
-        let class_watched = match classes.get_mut(class as usize) {
-            Some(c) => {
-                c.allocated = if UP {
-                    c.allocated.saturating_add(bytes)
-                } else {
-                    c.allocated.saturating_sub(bytes)
-                };
-                c.allocated >= c.alert
-            }
-            None => false,
+        c.allocated = if UP {
+            c.allocated.saturating_add(bytes)
+        } else {
+            c.allocated.saturating_sub(bytes)
         };
-        Ok(eventful | class_watched)
+        Ok(eventful | (c.allocated >= c.alert))
     }
 
     /// Carries `delta` of a child's charge into the level `entry` (a record index, or
@@ -494,9 +510,12 @@ impl Ledger {
         delta: Delta,
         mode: Mode,
     ) -> Result<bool, Refusal> {
+        let c = classes
+            .get_mut(class as usize)
+            .ok_or(Refusal::Missing { index: entry })?;
         match delta.up {
-            true => self.walk::<true>(classes, class, entry, delta.amount, mode),
-            false => self.walk::<false>(classes, class, entry, delta.amount, mode),
+            true => self.walk::<true>(c, class, entry, delta.amount, mode),
+            false => self.walk::<false>(c, class, entry, delta.amount, mode),
         }
     }
 
@@ -507,7 +526,7 @@ impl Ledger {
     #[inline(always)]
     fn walk<const UP: bool>(
         &mut self,
-        classes: &mut [Class],
+        c: &mut Class,
         class: u32,
         entry: u32,
         amount: u64,
@@ -520,7 +539,7 @@ impl Ledger {
         while d != 0 {
             let Some(r) = self.records.get_mut(at as usize) else {
                 return self
-                    .walk_into_class::<UP>(classes, class, entry, amount, at, d, checked)
+                    .walk_into_class::<UP>(c, class, entry, amount, at, d, checked)
                     .map(|()| eventful);
             };
             let old_used = r.used();
@@ -563,7 +582,7 @@ impl Ledger {
     #[inline(always)]
     fn walk_into_class<const UP: bool>(
         &mut self,
-        classes: &mut [Class],
+        c: &mut Class,
         class: u32,
         entry: u32,
         amount: u64,
@@ -572,13 +591,10 @@ impl Ledger {
         checked: bool,
     ) -> Result<(), Refusal> {
         let delta = Delta { up: UP, amount };
-        let c = match classes.get_mut(class as usize) {
-            Some(c) if at == CLASS_LEVEL => c,
-            _ => {
-                self.undo(entry, delta, at);
-                return Err(Refusal::Missing { index: at });
-            }
-        };
+        if at != CLASS_LEVEL {
+            self.undo(entry, delta, at);
+            return Err(Refusal::Missing { index: at });
+        }
         let charge = if UP {
             c.roots_charge.checked_add(d)
         } else {

@@ -6,7 +6,7 @@ use crate::class::{ClassId, SYSRAM};
 use crate::engine::{notify, Engine};
 use crate::error::{Errno, Error, Result};
 use crate::events::EventKind;
-use crate::ledger::Delta;
+use crate::ledger::{Delta, Refusal};
 use crate::name::check_name;
 use crate::partition::PartId;
 use crate::security::{Credential, Uid};
@@ -422,10 +422,8 @@ impl Engine {
     /// Succeeds iff every invariant still holds; otherwise `ENOMEM` and nothing changes.
     /// One process lookup and one walk of the ledger; no heap allocation unless it fails.
     pub fn allocate(&mut self, pid: Pid, class: ClassId, bytes: u64) -> Result<Grant> {
-        let unit = self.class(class)?.unit;
-        // Units are powers of two (checked when the class is added).
-        if bytes == 0 || bytes & (unit - 1) != 0 {
-            return Err(not_in_units(pid, bytes, unit));
+        if bytes == 0 {
+            return Err(not_in_units(pid, bytes, self.class(class)?.unit));
         }
         let Some(proc) = self.procs.get_mut(&pid) else {
             return Err(no_process(pid));
@@ -446,6 +444,7 @@ impl Engine {
                     bytes,
                 })
             }
+            Err(Refusal::Unaligned { unit }) => Err(not_in_units(pid, bytes, unit)),
             Err(refusal) => Err(self.refusal(refusal)),
         }
     }
