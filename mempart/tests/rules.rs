@@ -220,6 +220,16 @@ fn size_not_a_multiple_of_the_unit_is_einval() {
     let sysram = e.class_id("sysram").unwrap_or_else(|| panic!("sysram"));
     assert_eq!(errno(e.allocate(1, sysram, 100)), Errno::Einval);
     assert_eq!(errno(e.allocate(1, sysram, 0)), Errno::Einval);
+    // Nor can part of a grant be handed back.
+    let grant = ok(e.allocate(1, sysram, 8192));
+    let before = e.clone();
+    let part = mempart::Grant {
+        bytes: 100,
+        ..grant
+    };
+    assert_eq!(errno(e.free(1, part)), Errno::Einval);
+    assert!(e == before, "a refused free changes nothing");
+    ok(e.free(1, grant));
 }
 
 #[test]
