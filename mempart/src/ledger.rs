@@ -193,7 +193,8 @@ fn passed_on<const UP: bool>(d: u64, old_used: u64, new_used: u64, min: u64) -> 
 }
 
 /// [`passed_on`] for a level whose use was or is below its min: the reservation absorbs
-/// the part of the change beneath it.
+/// the part of the change beneath it. Kept out of line so the pass-through stays a short
+/// branch; where it is taken the walk usually ends, so the call costs little.
 #[cold]
 #[inline(never)]
 fn through_reservation<const UP: bool>(old_used: u64, new_used: u64, min: u64) -> u64 {
