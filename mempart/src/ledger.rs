@@ -10,66 +10,68 @@ pub(crate) const CLASS_LEVEL: u32 = u32::MAX;
 
 /// The figures of one partition that an allocation reads or changes (DESIGN §4).
 ///
-/// Aligned so that each record starts a cache line and the walk finds a record from its
-/// index with a shift.
+/// The fields a walk reads on every level come first, in the record's first cache line.
+/// Two of them are thresholds derived from the others, so that a level asks for a closer
+/// look with a single comparison in each direction: `gate` (growth above it is refused or
+/// is a new highest) and `floor` (use below it means the reservation absorbs part of the
+/// change, or somebody watches the level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(align(64))]
+#[repr(C, align(64))]
 pub(crate) struct Record {
-    /// Bytes allocated by objects associated with the partition itself.
-    own: u64,
     /// `own` plus the children's charges.
     used: u64,
+    /// `min(limit, highest)`: growth beyond it is refused or reaches a new highest.
+    gate: u64,
+    /// `min`, or `u64::MAX` while the level is watched (subscribed, or a max pending).
+    floor: u64,
+    /// Bytes allocated by objects associated with the partition itself.
+    own: u64,
+    /// The partition's key: its slot, and the generation that tells a stale id
+    /// ([`Key::VACANT`] in a slot whose partition was destroyed).
+    key: Key,
+    /// Index of the parent's record, or [`CLASS_LEVEL`].
+    parent: u32,
+    /// Index of the class.
+    class: u32,
     /// Configured minimum.
     min: u64,
     /// What allocations are checked against: the pending max if any, else the max.
     limit: u64,
     /// Highest `used` seen since creation or the last reset.
     highest: u64,
-    /// Index of the parent's record, or [`CLASS_LEVEL`].
-    parent: u32,
-    /// The use from which a change must be followed up: `highest + 1` (a new highest),
-    /// or 0 (every change) when events are to be offered or a max is pending.
-    alert: u64,
-    /// Whether anyone subscribed to the partition's events.
-    subscribed: bool,
     /// Configured maximum.
     max: u64,
     /// A lower max waiting for reclaim.
     pending_max: Option<u64>,
-    /// Index of the class.
-    class: u32,
-    /// The partition's key: its slot, and the generation that tells a stale id.
-    key: Key,
-    /// Whether the slot holds no partition (its partition was destroyed).
-    vacant: bool,
+    /// Whether anyone subscribed to the partition's events.
+    subscribed: bool,
 }
 
 impl Record {
     /// A new partition's record: nothing used yet.
     pub fn new(key: Key, limits: Limits, parent: u32, class: u32) -> Record {
-        Record {
-            own: 0,
+        let mut record = Record {
             used: 0,
+            gate: 0,
+            floor: 0,
+            own: 0,
+            key,
+            parent,
+            class,
             min: limits.min,
             limit: limits.max,
             highest: 0,
-            parent,
-            alert: 1,
-            subscribed: false,
             max: limits.max,
             pending_max: None,
-            class,
-            key,
-            vacant: false,
-        }
+            subscribed: false,
+        };
+        record.refresh();
+        record
     }
 
-    /// What an empty slot holds.
+    /// What an empty slot holds: a key no partition has.
     fn vacant() -> Record {
-        Record {
-            vacant: true,
-            ..Record::new(Key::new(0, 0), Limits::OPEN, CLASS_LEVEL, 0)
-        }
+        Record::new(Key::VACANT, Limits::OPEN, CLASS_LEVEL, 0)
     }
 
     /// Bytes allocated by objects associated with the partition itself.
@@ -144,6 +146,12 @@ impl Record {
         self.refresh();
     }
 
+    /// Sets the configured minimum.
+    fn set_min(&mut self, min: u64) {
+        self.min = min;
+        self.refresh();
+    }
+
     /// Sets the highest size to the current one; returns the old highest.
     pub fn reset_highest(&mut self) -> u64 {
         let old = std::mem::replace(&mut self.highest, self.used);
@@ -167,34 +175,29 @@ impl Record {
         applied
     }
 
+    /// Whether a change of use must be followed up even without a new highest.
+    fn watched(&self) -> bool {
+        self.subscribed || self.pending_max.is_some()
+    }
+
+    /// Whether a change of use from `old` to `new` must be followed up: a new highest, or
+    /// a watched level.
+    fn noteworthy(&self, old: u64, new: u64) -> bool {
+        (new > old && new > self.highest) || self.watched()
+    }
+
+    /// Derives the limit and the two thresholds from the figures they depend on.
     fn refresh(&mut self) {
         self.limit = self.pending_max.unwrap_or(self.max);
-        self.alert = if self.subscribed || self.pending_max.is_some() {
-            0
-        } else {
-            self.highest.saturating_add(1)
-        };
+        self.gate = self.limit.min(self.highest);
+        self.floor = if self.watched() { u64::MAX } else { self.min };
     }
 }
 
-/// The change of charge a level passes on when its use moves by `d` (growth when `UP`)
-/// from `old_used` to `new_used`: `|max(min, new) - max(min, old)|`. Above its min the
-/// whole change passes, which is the usual case; writing it as a branch rather than a
-/// select lets the processor carry `d` on to the next level before this level's use is
-/// loaded, so the levels of a walk overlap.
-#[inline(always)]
-fn passed_on<const UP: bool>(d: u64, old_used: u64, new_used: u64, min: u64) -> u64 {
-    let lower = if UP { old_used } else { new_used };
-    if lower >= min {
-        d
-    } else {
-        through_reservation::<UP>(old_used, new_used, min)
-    }
-}
-
-/// [`passed_on`] for a level whose use was or is below its min: the reservation absorbs
-/// the part of the change beneath it. Kept out of line so the pass-through stays a short
-/// branch; where it is taken the walk usually ends, so the call costs little.
+/// The change of charge a level passes on when its use, below its min before or after,
+/// moves from `old_used` to `new_used` (growth when `UP`): the reservation absorbs the
+/// part of the change beneath the min. Out of line: a level above its min passes the
+/// whole change on, and the walk's hot path need not carry this.
 #[cold]
 #[inline(never)]
 fn through_reservation<const UP: bool>(old_used: u64, new_used: u64, min: u64) -> u64 {
@@ -202,6 +205,76 @@ fn through_reservation<const UP: bool>(old_used: u64, new_used: u64, min: u64) -
         new_used.saturating_sub(min.max(old_used))
     } else {
         old_used.saturating_sub(min.max(new_used))
+    }
+}
+
+/// What one level of a walk passes on.
+enum Step {
+    /// This change of charge goes on to the parent.
+    Pass(u64),
+    /// The level's reservation absorbed the rest: the walk ends here.
+    Absorbed,
+}
+
+impl Record {
+    /// One level of a walk: the level's use moves by `d` (growth when `UP`). Growth above
+    /// the limit is refused in a checked walk, and a figure that would leave 64 bits
+    /// always; the level is unchanged then. `noteworthy` is set when the
+    /// change must be followed up (a new highest, a watched level).
+    ///
+    /// A level that is above its min, not watched and not at a new highest takes two
+    /// comparisons, one each against `gate` and `floor`; everything else is off that path.
+    #[inline(always)]
+    fn step<const UP: bool>(
+        &mut self,
+        d: u64,
+        checked: bool,
+        noteworthy: &mut bool,
+    ) -> Result<Step, Refusal> {
+        let old = self.used;
+        let new = if UP {
+            let Some(new) = old.checked_add(d) else {
+                return Err(self.overflow());
+            };
+            if new > self.gate {
+                if checked && new > self.limit && d != 0 {
+                    return Err(self.over_max(new));
+                }
+                *noteworthy = true;
+            }
+            new
+        } else {
+            let Some(new) = old.checked_sub(d) else {
+                return Err(self.overflow());
+            };
+            new
+        };
+        self.used = new;
+        let lower = if UP { old } else { new };
+        if lower < self.floor {
+            *noteworthy |= self.watched();
+            return match through_reservation::<UP>(old, new, self.min) {
+                0 => Ok(Step::Absorbed),
+                passed => Ok(Step::Pass(passed)),
+            };
+        }
+        Ok(Step::Pass(d))
+    }
+
+    #[cold]
+    fn overflow(&self) -> Refusal {
+        Refusal::Overflow {
+            index: self.key.index(),
+        }
+    }
+
+    #[cold]
+    fn over_max(&self, used: u64) -> Refusal {
+        Refusal::OverMax {
+            index: self.key.index(),
+            used,
+            limit: self.limit,
+        }
     }
 }
 
@@ -295,30 +368,38 @@ pub(crate) struct Level {
 /// Every partition's record, at the index of its slab slot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Ledger {
-    /// Destroyed partitions leave vacant records, never reached: a live partition's
-    /// parent is live, and lookups by key skip them.
+    /// Destroyed partitions leave vacant records, never reached by a walk: a live
+    /// partition's parent is live, and a vacant record's key matches no partition's.
     records: Vec<Record>,
 }
 
 impl Ledger {
     /// The record at `index`.
     pub fn get(&self, index: u32) -> Option<&Record> {
-        self.records.get(index as usize).filter(|r| !r.vacant)
+        self.records
+            .get(index as usize)
+            .filter(|r| r.key != Key::VACANT)
     }
 
     /// The record at `index`, mutably.
     pub fn get_mut(&mut self, index: u32) -> Option<&mut Record> {
-        self.records.get_mut(index as usize).filter(|r| !r.vacant)
+        self.records
+            .get_mut(index as usize)
+            .filter(|r| r.key != Key::VACANT)
     }
 
     /// The record of the partition `key`, if it is still there.
     pub fn live(&self, key: Key) -> Option<&Record> {
-        self.get(key.index()).filter(|r| r.key == key)
+        self.records
+            .get(key.index() as usize)
+            .filter(|r| r.key == key)
     }
 
     /// The record of the partition `key`, mutably.
     pub fn live_mut(&mut self, key: Key) -> Option<&mut Record> {
-        self.get_mut(key.index()).filter(|r| r.key == key)
+        self.records
+            .get_mut(key.index() as usize)
+            .filter(|r| r.key == key)
     }
 
     /// Stores the record of a new partition at the index of its key.
@@ -334,10 +415,8 @@ impl Ledger {
 
     /// Forgets the record of the partition `key`.
     pub fn remove(&mut self, key: Key) {
-        if let Some(slot) = self.records.get_mut(key.index() as usize) {
-            if !slot.vacant && slot.key == key {
-                *slot = Record::vacant();
-            }
+        if let Some(slot) = self.live_mut(key) {
+            *slot = Record::vacant();
         }
     }
 
@@ -367,10 +446,10 @@ impl Ledger {
         }
         let delta = Delta::between(r.charge(), new_min.max(new_used));
         let (old_own, old_min, parent, class) = (r.own, r.min, r.parent, r.class);
-        let leaf_eventful = new_used >= r.alert;
+        let leaf_eventful = r.noteworthy(old_used, new_used);
         r.own = new_own;
         r.used = new_used;
-        r.min = new_min;
+        r.set_min(new_min);
         let walked = match classes.get_mut(class as usize) {
             Some(c) if delta.up => self.walk::<true>(c, class, parent, delta.amount, mode),
             Some(c) => self.walk::<false>(c, class, parent, delta.amount, mode),
@@ -382,7 +461,7 @@ impl Ledger {
                 if let Some(r) = self.get_mut(index) {
                     r.own = old_own;
                     r.used = old_used;
-                    r.min = old_min;
+                    r.set_min(old_min);
                 }
                 return Err(refusal);
             }
@@ -436,7 +515,7 @@ impl Ledger {
         let r = self
             .records
             .get_mut(index as usize)
-            .filter(|r| r.key == key && !r.vacant)
+            .filter(|r| r.key == key)
             .ok_or(Refusal::Missing { index })?;
         let class = r.class;
         let c = classes
@@ -446,57 +525,41 @@ impl Ledger {
         if bytes & c.unit.wrapping_sub(1) != 0 {
             return Err(Refusal::Unaligned { unit: c.unit });
         }
-        let old_used = r.used;
-        let (new_used, charge_delta) = if UP {
-            // `own` is part of `used`: if this does not overflow, neither does `own`.
-            let Some(used) = old_used.checked_add(bytes) else {
-                return Err(Refusal::Overflow { index });
-            };
-            if bytes != 0 && used > r.limit {
-                return Err(Refusal::OverMax {
-                    index,
-                    used,
-                    limit: r.limit,
-                });
-            }
-            (used, passed_on::<true>(bytes, old_used, used, r.min))
-        } else {
-            if r.own < bytes {
-                return Err(Refusal::Overflow { index });
-            }
-            let used = old_used - bytes;
-            (used, passed_on::<false>(bytes, old_used, used, r.min))
-        };
-        let leaf_eventful = new_used >= r.alert;
-        let parent = r.parent;
+        if !UP && r.own < bytes {
+            return Err(Refusal::Overflow { index });
+        }
+        let mut noteworthy = false;
+        let step = r.step::<UP>(bytes, true, &mut noteworthy)?;
+        // `own` is part of `used`, which took the change without leaving 64 bits.
         if UP {
             r.own += bytes;
         } else {
             r.own -= bytes;
         }
-        r.used = new_used;
-        let walked = self.walk::<UP>(c, class, parent, charge_delta, Mode::Checked);
-        let eventful = match walked {
-            Ok(eventful) => eventful | leaf_eventful,
-            Err(refusal) => {
-                if let Some(r) = self.get_mut(index) {
-                    if UP {
-                        r.own -= bytes;
-                        r.used -= bytes;
-                    } else {
-                        r.own += bytes;
-                        r.used += bytes;
+        if let Step::Pass(d) = step {
+            let parent = r.parent;
+            match self.walk::<UP>(c, class, parent, d, Mode::Checked) {
+                Ok(above) => noteworthy |= above,
+                Err(refusal) => {
+                    if let Some(r) = self.get_mut(index) {
+                        if UP {
+                            r.own -= bytes;
+                            r.used -= bytes;
+                        } else {
+                            r.own += bytes;
+                            r.used += bytes;
+                        }
                     }
+                    return Err(refusal);
                 }
-                return Err(refusal);
             }
-        };
+        }
         c.allocated = if UP {
             c.allocated.saturating_add(bytes)
         } else {
             c.allocated.saturating_sub(bytes)
         };
-        Ok(eventful | (c.allocated >= c.alert))
+        Ok(noteworthy | (c.allocated >= c.alert))
     }
 
     /// Carries `delta` of a child's charge into the level `entry` (a record index, or
@@ -521,7 +584,7 @@ impl Ledger {
     }
 
     /// The walk itself: carries a charge change of `amount` (growth when `UP`) into
-    /// `entry` and up, level by level, stopping where a charge stops changing. The
+    /// `entry` and up, level by level, stopping where a reservation absorbs the rest. The
     /// direction never flips on the way: a child's charge growing cannot shrink its
     /// parent's. On refusal, the levels already changed are changed back.
     #[inline(always)]
@@ -533,49 +596,26 @@ impl Ledger {
         amount: u64,
         mode: Mode,
     ) -> Result<bool, Refusal> {
+        if amount == 0 {
+            return Ok(false);
+        }
         let checked = mode == Mode::Checked;
-        let mut eventful = false;
+        let mut noteworthy = false;
         let mut at = entry;
         let mut d = amount;
-        while d != 0 {
-            let Some(r) = self.records.get_mut(at as usize) else {
-                return self
-                    .walk_into_class::<UP>(c, class, entry, amount, at, d, checked)
-                    .map(|()| eventful);
-            };
-            let old_used = r.used();
-            let new_used = if UP {
-                match old_used.checked_add(d) {
-                    Some(used) if !(checked && used > r.limit) => {
-                        r.used = used;
-                        used
-                    }
-                    refused => {
-                        let refusal = match refused {
-                            Some(used) => Refusal::OverMax {
-                                index: at,
-                                used,
-                                limit: r.limit,
-                            },
-                            None => Refusal::Overflow { index: at },
-                        };
-                        self.undo(entry, Delta::up(amount), at);
-                        return Err(refusal);
-                    }
+        while let Some(r) = self.records.get_mut(at as usize) {
+            match r.step::<UP>(d, checked, &mut noteworthy) {
+                Ok(Step::Pass(passed)) => d = passed,
+                Ok(Step::Absorbed) => return Ok(noteworthy),
+                Err(refusal) => {
+                    self.undo(entry, Delta { up: UP, amount }, at);
+                    return Err(refusal);
                 }
-            } else {
-                let Some(used) = old_used.checked_sub(d) else {
-                    self.undo(entry, Delta::down(amount), at);
-                    return Err(Refusal::Overflow { index: at });
-                };
-                r.used = used;
-                used
-            };
-            eventful |= new_used >= r.alert;
-            d = passed_on::<UP>(d, old_used, new_used, r.min);
+            }
             at = r.parent;
         }
-        Ok(eventful)
+        self.walk_into_class::<UP>(c, class, entry, amount, at, d, checked)
+            .map(|()| noteworthy)
     }
 
     /// The last step of a walk: the change of a root's charge against the class size.
@@ -812,5 +852,29 @@ mod tests {
         assert_eq!(classes.first().map(|c| c.roots_charge), Some(30));
         let overflow = l.set_own_min(&mut classes, 1, u64::MAX, 0, Mode::Forced);
         assert_eq!(overflow, Err(Refusal::Overflow { index: 1 }));
+    }
+
+    #[test]
+    fn a_partition_over_its_limit_takes_no_growth_but_refuses_no_zero_change() {
+        let mut l = chain([Limits::OPEN, Limits::OPEN, Limits { min: 0, max: 10 }]);
+        let mut classes = vec![class(100)];
+        let leaf = Key::new(2, 0);
+        l.set_own_min(&mut classes, 2, 30, 0, Mode::Forced)
+            .unwrap_or_else(|r| panic!("{r:?}"));
+        let before = (l.clone(), classes.clone());
+        assert!(l.shift_own(&mut classes, leaf, Delta::up(0)).is_ok());
+        assert_eq!((l.clone(), classes.clone()), before);
+        assert_eq!(
+            l.shift_own(&mut classes, leaf, Delta::up(1)),
+            Err(Refusal::OverMax {
+                index: 2,
+                used: 31,
+                limit: 10
+            })
+        );
+        assert_eq!((l.clone(), classes.clone()), before);
+        assert!(l.shift_own(&mut classes, leaf, Delta::down(25)).is_ok());
+        assert_eq!(l.get(0).map(Record::used), Some(5));
+        assert_eq!(classes.first().map(|c| c.roots_charge), Some(5));
     }
 }

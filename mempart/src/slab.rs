@@ -47,6 +47,10 @@ struct Slot<T> {
 }
 
 impl Key {
+    /// A key no slab hands out (its index is beyond any slab's length): marks a place
+    /// that holds nothing.
+    pub(crate) const VACANT: Key = Key(u64::MAX);
+
     /// The key of slot `index` in its `generation`.
     pub(crate) fn new(index: u32, generation: u32) -> Key {
         Key((u64::from(index) << 32) | u64::from(generation))
