@@ -1,6 +1,7 @@
 //! Allocate+free through the engine at depths 1, 4 and 8, beside a baseline that only adds
 //! and subtracts along a parent chain of the same depth, and the same baseline reached
 //! the way an allocation is: by process id, then the process's partition of the class.
+//! One more row allocates at depth 4 among 10,000 other tracked processes.
 
 // A benchmark whose set-up fails has nothing to measure: it stops with the reason.
 #![allow(clippy::expect_used)]
@@ -30,6 +31,25 @@ fn chain_engine(depth: usize) -> Engine {
         e.create(&host, &path, spec).expect("create");
     }
     e.process_start(&host, 1, None, &Spawn::SetMpart(vec![path]))
+        .expect("process");
+    e
+}
+
+/// [`chain_engine`] with `others` more processes tracked, their pids spread over Linux's
+/// range, the allocating process registered last.
+fn crowded_engine(depth: usize, others: u32) -> Engine {
+    let host = Credential::Host;
+    let mut e = chain_engine(depth);
+    e.process_exit(1).expect("exit");
+    for i in 0..others {
+        let pid = 2 + i * (mempart::PID_LIMIT / (others + 2));
+        e.process_start(&host, pid, None, &Spawn::Inherit)
+            .expect("process");
+    }
+    let leaf = (1..=depth).fold(String::from("/partition/mem/sysram"), |path, level| {
+        format!("{path}/l{level}")
+    });
+    e.process_start(&host, 1, None, &Spawn::SetMpart(vec![leaf]))
         .expect("process");
     e
 }
@@ -118,6 +138,16 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
+    let mut crowded = crowded_engine(4, 10_000);
+    let sysram = crowded.class_id("sysram").expect("sysram");
+    group.bench_function(BenchmarkId::new("engine-10k-processes", 4), |b| {
+        b.iter(|| {
+            let grant = crowded
+                .allocate(1, sysram, black_box(PAGE))
+                .expect("allocate");
+            crowded.free(1, grant).expect("free");
+        })
+    });
     group.finish();
 }
 

@@ -12,7 +12,8 @@ use crate::partition::{
     Limits, NewPartition, PartId, Partition, PartitionConfig, PartitionMetrics, SetOutcome,
     UNLIMITED,
 };
-use crate::process::{Pid, Process, SharedObject};
+use crate::pids::PidMap;
+use crate::process::{Process, SharedObject};
 use crate::security::{Access, Credential, Perm, Policies, Policy, MODE_MASK};
 use crate::slab::Slab;
 
@@ -40,7 +41,7 @@ pub struct Engine {
     pub(crate) parts: Slab<Partition>,
     pub(crate) ledger: Ledger,
     pub(crate) groups: BTreeMap<String, Group>,
-    pub(crate) procs: BTreeMap<Pid, Process>,
+    pub(crate) procs: PidMap<Process>,
     pub(crate) objects: BTreeMap<String, SharedObject>,
     pub(crate) subs: Slab<Subscription>,
 }
@@ -67,7 +68,7 @@ impl Engine {
             parts: Slab::default(),
             ledger: Ledger::default(),
             groups: BTreeMap::new(),
-            procs: BTreeMap::new(),
+            procs: PidMap::default(),
             objects: BTreeMap::new(),
             subs: Slab::default(),
         };

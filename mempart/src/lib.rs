@@ -31,6 +31,7 @@ mod ledger;
 mod name;
 mod namespace;
 mod partition;
+mod pids;
 mod process;
 mod security;
 mod slab;
@@ -48,5 +49,6 @@ pub use partition::{
     Limits, NewPartition, PartId, PartitionConfig, PartitionMetrics, PartitionType, SetOutcome,
     UNLIMITED,
 };
+pub use pids::PID_LIMIT;
 pub use process::{Association, Grant, ObjectInfo, Pid, Spawn, MAX_OBJECTS, MAX_PROCESSES};
 pub use security::{Access, Credential, Gid, Perm, Policies, Policy, Uid, MODE_MASK};

@@ -9,6 +9,7 @@ use crate::events::EventKind;
 use crate::ledger::{Delta, Refusal};
 use crate::name::check_name;
 use crate::partition::PartId;
+use crate::pids::PID_LIMIT;
 use crate::security::{Credential, Uid};
 
 /// A guest process id.
@@ -130,7 +131,7 @@ fn frees_more(pid: Pid, bytes: u64, charged: u64) -> Error {
 
 impl Engine {
     fn process(&self, pid: Pid) -> Result<&Process> {
-        self.procs.get(&pid).ok_or_else(|| no_process(pid))
+        self.procs.get(pid).ok_or_else(|| no_process(pid))
     }
 
     fn sysram_sys(&self) -> Result<PartId> {
@@ -141,6 +142,7 @@ impl Engine {
     }
 
     /// Registers process `pid` with identity `cred`, created by `parent` (none for the first).
+    /// A pid no Linux guest can have (at or above [`PID_LIMIT`]) is refused with `EINVAL`.
     pub fn process_start(
         &mut self,
         cred: &Credential,
@@ -148,7 +150,14 @@ impl Engine {
         parent: Option<Pid>,
         spawn: &Spawn,
     ) -> Result<()> {
-        if self.procs.contains_key(&pid) {
+        if pid >= PID_LIMIT {
+            return Err(Error::new(
+                Errno::Einval,
+                pid_subject(pid),
+                format!("pids are below {PID_LIMIT}"),
+            ));
+        }
+        if self.procs.contains_key(pid) {
             return Err(Error::new(
                 Errno::Eexist,
                 pid_subject(pid),
@@ -224,17 +233,23 @@ impl Engine {
                 charged: 0,
             });
         }
-        for a in &assocs {
-            self.add_member(a.part, pid);
+        let members: Vec<PartId> = assocs.iter().map(|a| a.part).collect();
+        let process = Process {
+            cred: cred.clone(),
+            assocs,
+            retained: Vec::new(),
+        };
+        // The pid is below the limit and not tracked yet (both checked above).
+        if self.procs.insert(pid, process).is_err() {
+            return Err(Error::new(
+                Errno::Eexist,
+                pid_subject(pid),
+                "already tracked",
+            ));
         }
-        self.procs.insert(
-            pid,
-            Process {
-                cred: cred.clone(),
-                assocs,
-                retained: Vec::new(),
-            },
-        );
+        for part in members {
+            self.add_member(part, pid);
+        }
         Ok(())
     }
 
@@ -290,7 +305,7 @@ impl Engine {
             classes.push(self.part(id)?.class);
         }
         for (id, class) in targets.into_iter().zip(classes) {
-            let Some(proc) = self.procs.get_mut(&pid) else {
+            let Some(proc) = self.procs.get_mut(pid) else {
                 break;
             };
             let old = match proc.assocs.iter_mut().find(|a| a.class == class) {
@@ -352,7 +367,7 @@ impl Engine {
             }
         }
         for id in targets {
-            if let Some(proc) = self.procs.get_mut(&pid) {
+            if let Some(proc) = self.procs.get_mut(pid) {
                 if let Some(i) = proc.assocs.iter().position(|a| a.part == id) {
                     let a = proc.assocs.swap_remove(i);
                     if a.charged > 0 {
@@ -377,7 +392,7 @@ impl Engine {
         let id = self.resolve_partition(path)?;
         let a = self
             .procs
-            .get_mut(&pid)
+            .get_mut(pid)
             .and_then(|p| p.assocs.iter_mut().find(|a| a.part == id))
             .ok_or_else(|| {
                 Error::new(Errno::Enoent, path, format!("pid {pid} is not associated"))
@@ -415,7 +430,9 @@ impl Engine {
 
     /// Every tracked process id.
     pub fn pids(&self) -> Vec<Pid> {
-        self.procs.keys().copied().collect()
+        let mut pids: Vec<Pid> = self.procs.pids().collect();
+        pids.sort_unstable();
+        pids
     }
 
     /// Allocates `bytes` of `class` for `pid`, charged to its partition of that class.
@@ -425,7 +442,7 @@ impl Engine {
         if bytes == 0 {
             return Err(not_in_units(pid, bytes, self.class(class)?.unit));
         }
-        let Some(proc) = self.procs.get_mut(&pid) else {
+        let Some(proc) = self.procs.get_mut(pid) else {
             return Err(no_process(pid));
         };
         let Some(assoc) = proc.assocs.iter_mut().find(|a| a.class == class) else {
@@ -451,7 +468,7 @@ impl Engine {
 
     /// Frees exactly what `grant` charged on behalf of `pid`.
     pub fn free(&mut self, pid: Pid, grant: Grant) -> Result<()> {
-        let Some(proc) = self.procs.get_mut(&pid) else {
+        let Some(proc) = self.procs.get_mut(pid) else {
             return Err(no_process(pid));
         };
         let slot = match proc.assocs.iter_mut().find(|a| a.part == grant.partition) {
@@ -497,7 +514,7 @@ impl Engine {
     pub fn process_exit(&mut self, pid: Pid) -> Result<()> {
         let proc = self
             .procs
-            .remove(&pid)
+            .remove(pid)
             .ok_or_else(|| Error::new(Errno::Esrch, pid_subject(pid), "no such process"))?;
         for a in &proc.assocs {
             if a.charged > 0 {

@@ -6,7 +6,7 @@ use common::{errno, ok};
 
 use mempart::{
     ClassSpec, Credential, Engine, Errno, Grant, Limits, NewPartition, Spawn, MAX_DEPTH,
-    MAX_PARTITIONS, UNLIMITED,
+    MAX_PARTITIONS, PID_LIMIT, UNLIMITED,
 };
 
 const HOST: Credential = Credential::Host;
@@ -161,6 +161,32 @@ fn stale_and_unknown_ids_are_errors() {
     assert_eq!(errno(e.allocate(1, bogus_class, PAGE)), Errno::Enoent);
     assert_eq!(errno(e.report_violation(bogus_class, 0)), Errno::Enoent);
     assert_eq!(errno(e.set_class_size(bogus_class, PAGE)), Errno::Enoent);
+}
+
+#[test]
+fn pids_no_linux_guest_has_are_refused_and_any_pid_can_be_asked_for() {
+    let mut e = ok(Engine::new(&[ClassSpec::new("sysram", 1 << 30)]));
+    let sysram = e.class_id("sysram").unwrap_or_else(|| panic!("sysram"));
+    let before = e.clone();
+    for pid in [PID_LIMIT, PID_LIMIT + 1, u32::MAX] {
+        assert_eq!(
+            errno(e.process_start(&HOST, pid, None, &Spawn::Inherit)),
+            Errno::Einval,
+            "pid {pid}"
+        );
+        assert_eq!(e, before, "a refused pid {pid} changed nothing");
+        assert_eq!(errno(e.allocate(pid, sysram, PAGE)), Errno::Esrch);
+        assert_eq!(errno(e.process_exit(pid)), Errno::Esrch);
+    }
+    for pid in [0, 1023, 1024, PID_LIMIT - 1] {
+        ok(e.process_start(&HOST, pid, None, &Spawn::Inherit));
+        let grant = ok(e.allocate(pid, sysram, PAGE));
+        ok(e.free(pid, grant));
+    }
+    assert_eq!(e.pids(), vec![0, 1023, 1024, PID_LIMIT - 1]);
+    ok(e.process_exit(1023));
+    assert_eq!(e.pids(), vec![0, 1024, PID_LIMIT - 1]);
+    ok(e.allocate(PID_LIMIT - 1, sysram, PAGE));
 }
 
 #[test]
