@@ -1,6 +1,7 @@
 //! Processes and shared objects: associations, inheritance, allocation on their behalf, exit.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::class::{ClassId, SYSRAM};
 use crate::engine::{notify, Engine};
@@ -81,7 +82,7 @@ pub(crate) struct Assoc {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Process {
     pub cred: Credential,
-    pub assocs: Vec<Assoc>,
+    pub assocs: SmallVec<[Assoc; 2]>,
     /// Charges left in partitions the process has since left; freed at exit or by `free`.
     pub retained: Vec<(PartId, u64)>,
 }
@@ -200,7 +201,7 @@ impl Engine {
             ),
             (_, None) => {}
         }
-        let mut assocs: Vec<Assoc> = Vec::with_capacity(targets.len() + 1);
+        let mut assocs: SmallVec<[Assoc; 2]> = SmallVec::with_capacity(targets.len() + 1);
         for (id, no_inherit) in targets {
             let class = self.part(id)?.class;
             if let Some(other) = assocs.iter().find(|a| a.class == class) {
@@ -471,10 +472,10 @@ impl Engine {
         let Some(proc) = self.procs.get_mut(pid) else {
             return Err(no_process(pid));
         };
-        let slot = match proc.assocs.iter_mut().find(|a| a.part == grant.partition) {
-            Some(a) => &mut a.charged,
+        let (slot, left_behind) = match proc.assocs.iter_mut().find(|a| a.part == grant.partition) {
+            Some(a) => (&mut a.charged, false),
             None => match proc.retained.iter_mut().find(|r| r.0 == grant.partition) {
-                Some(r) => &mut r.1,
+                Some(r) => (&mut r.1, true),
                 None => return Err(nothing_charged(pid)),
             },
         };
@@ -488,7 +489,7 @@ impl Engine {
         {
             Ok(eventful) => {
                 *slot -= grant.bytes;
-                if *slot == 0 && !proc.retained.is_empty() {
+                if left_behind && *slot == 0 {
                     proc.retained.retain(|r| r.1 > 0);
                 }
                 if eventful {
