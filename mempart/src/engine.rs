@@ -395,10 +395,10 @@ impl Engine {
             Refusal::Missing { index } => {
                 Error::new(Errno::Enoent, path_at(index), "no such partition")
             }
-            Refusal::Unaligned { unit } => Error::new(
+            Refusal::Unaligned { index, bytes, unit } => Error::new(
                 Errno::Einval,
-                "size",
-                format!("not a multiple of the class's unit {unit}"),
+                path_at(index),
+                format!("{bytes} is not a multiple of the class's unit {unit}"),
             ),
         }
     }

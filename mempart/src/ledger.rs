@@ -338,8 +338,9 @@ pub(crate) enum Refusal {
     ClassOverflow { class: u32 },
     /// No record at `index` (a stale or corrupt link).
     Missing { index: u32 },
-    /// A size that is not a multiple of the class's allocation unit.
-    Unaligned { unit: u64 },
+    /// A change of `bytes` at the partition at `index` that is not a multiple of its
+    /// class's allocation unit.
+    Unaligned { index: u32, bytes: u64, unit: u64 },
 }
 
 /// A change of one partition's own bytes or min, as it was before: enough to read the
@@ -523,7 +524,11 @@ impl Ledger {
             .ok_or(Refusal::Missing { index })?;
         // Units are powers of two (checked when the class is added).
         if bytes & c.unit.wrapping_sub(1) != 0 {
-            return Err(Refusal::Unaligned { unit: c.unit });
+            return Err(Refusal::Unaligned {
+                index,
+                bytes,
+                unit: c.unit,
+            });
         }
         if !UP && r.own < bytes {
             return Err(Refusal::Overflow { index });

@@ -462,7 +462,7 @@ impl Engine {
                     bytes,
                 })
             }
-            Err(Refusal::Unaligned { unit }) => Err(not_in_units(pid, bytes, unit)),
+            Err(Refusal::Unaligned { unit, .. }) => Err(not_in_units(pid, bytes, unit)),
             Err(refusal) => Err(self.refusal(refusal)),
         }
     }
@@ -497,6 +497,7 @@ impl Engine {
                 }
                 Ok(())
             }
+            Err(Refusal::Unaligned { unit, .. }) => Err(not_in_units(pid, grant.bytes, unit)),
             Err(refusal) => Err(self.refusal(refusal)),
         }
     }

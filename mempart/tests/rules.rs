@@ -227,7 +227,13 @@ fn size_not_a_multiple_of_the_unit_is_einval() {
         bytes: 100,
         ..grant
     };
-    assert_eq!(errno(e.free(1, part)), Errno::Einval);
+    let refused = e.free(1, part).err();
+    assert_eq!(refused.as_ref().map(|r| r.errno), Some(Errno::Einval));
+    assert_eq!(
+        refused.map(|r| r.to_string()),
+        Some("EINVAL: pid 1: 100 is not a positive multiple of the unit 4096".to_string()),
+        "the refusal names the process, as allocate's does"
+    );
     assert!(e == before, "a refused free changes nothing");
     ok(e.free(1, grant));
 }
