@@ -91,12 +91,18 @@ impl PartitionService {
         let _ = self.typed.set(typed);
     }
 
-    /// Takes back every extent of `pid`'s allocations (it freed them or exited).
+    /// Takes back every extent of `pid`'s allocations (it exited, and the engine freed
+    /// them). An extent the guest keeps is reported: the process is gone either way.
     fn revoke_all(&self, pid: mempart::Pid) {
         let gone = lock(&self.extents).remove(&pid).unwrap_or_default();
         if let Some(typed) = self.typed.get() {
             for extent in gone {
-                let _ = typed.revoke(&extent.class, extent.gpa);
+                if let Err(why) = typed.revoke(&extent.class, extent.gpa) {
+                    eprintln!(
+                        "mempart-vmm: {} extent at 0x{:x} of exited pid {pid} stays mapped: {why}",
+                        extent.class, extent.gpa
+                    );
+                }
             }
         }
     }
@@ -126,8 +132,9 @@ impl PartitionService {
     }
 
     /// Takes back extents of `class` charged to partition `part`, newest first, until
-    /// `bytes` are freed or none is left: each is freed in the engine and made
-    /// inaccessible to the guest. Returns what was taken.
+    /// `bytes` are freed or none is left: each is made inaccessible to the guest, then
+    /// freed in the engine. An extent the guest cannot be made to give up stays granted
+    /// and charged (reported on stderr) and is passed over. Returns what was taken.
     pub fn revoke_newest(
         &self,
         class: &str,
@@ -135,6 +142,7 @@ impl PartitionService {
         bytes: u64,
     ) -> Vec<RevokedExtent> {
         let mut taken = Vec::new();
+        let mut kept = BTreeSet::new();
         let mut freed = 0u64;
         let mut engine = lock(&self.engine);
         let mut extents = lock(&self.extents);
@@ -143,17 +151,30 @@ impl PartitionService {
                 .iter()
                 .flat_map(|(pid, list)| list.iter().enumerate().map(move |(i, x)| (*pid, i, x)))
                 .filter(|(_, _, x)| x.class == class && x.grant.partition == part)
+                .filter(|(_, _, x)| !kept.contains(&x.seq))
                 .max_by_key(|(_, _, x)| x.seq)
-                .map(|(pid, i, _)| (pid, i));
-            let Some((pid, i)) = newest else { break };
-            let Some(extent) = extents.get_mut(&pid).map(|list| list.swap_remove(i)) else {
+                .map(|(pid, i, x)| (pid, i, x.seq));
+            let Some((pid, i, seq)) = newest else { break };
+            let Some(list) = extents.get_mut(&pid) else {
                 break;
             };
-            if engine.free(pid, extent.grant).is_err() {
-                continue;
+            if let (Some(extent), Some(typed)) = (list.get(i), self.typed.get()) {
+                if let Err(why) = typed.revoke(&extent.class, extent.gpa) {
+                    eprintln!(
+                        "mempart-vmm: reclaim keeps the {class} extent at 0x{:x}: {why}",
+                        extent.gpa
+                    );
+                    kept.insert(seq);
+                    continue;
+                }
             }
-            if let Some(typed) = self.typed.get() {
-                let _ = typed.revoke(&extent.class, extent.gpa);
+            let extent = list.swap_remove(i);
+            if let Err(why) = engine.free(pid, extent.grant) {
+                eprintln!(
+                    "mempart-vmm: the {class} extent at 0x{:x} was taken back but stays charged: {why}",
+                    extent.gpa
+                );
+                continue;
             }
             freed += extent.grant.bytes;
             taken.push(RevokedExtent {
@@ -474,12 +495,23 @@ impl PartitionService {
                     )
                     .into());
                 }
-                e.free(pid, grant)?;
-                let extent = at.map(|i| mine.remove(i));
-                drop(extents);
-                if let (Some(extent), Some(typed)) = (extent, self.typed.get()) {
-                    let _ = typed.revoke(&extent.class, extent.gpa);
+                // The guest loses the extent before the engine counts it free: if it
+                // cannot be taken back, nothing changes.
+                if let (Some(extent), Some(typed)) =
+                    (at.and_then(|i| mine.get(i)), self.typed.get())
+                {
+                    typed.revoke(&extent.class, extent.gpa).map_err(|why| {
+                        mempart::Error::new(
+                            Errno::Ebusy,
+                            format!("0x{:x}", extent.gpa),
+                            format!("the extent could not be taken back from the guest: {why}"),
+                        )
+                    })?;
                 }
+                if let Some(i) = at {
+                    mine.remove(i);
+                }
+                e.free(pid, grant)?;
                 Reply::Done
             }
         };

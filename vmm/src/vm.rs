@@ -593,7 +593,10 @@ impl crate::service::TypedMemory for TypedClasses {
         let shared = self.0.upgrade().ok_or("the VM is gone")?;
         let handle = VmHandle { shared };
         let base = handle.class_base(class).ok_or("no such class")?;
-        handle.revoke(class, gpa - base).map_err(|e| e.to_string())
+        let offset = gpa
+            .checked_sub(base)
+            .ok_or_else(|| format!("0x{gpa:x} is below the class's base 0x{base:x}"))?;
+        handle.revoke(class, offset).map_err(|e| e.to_string())
     }
 }
 

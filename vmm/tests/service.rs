@@ -6,12 +6,13 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use mempart::{ClassSpec, Credential, Engine, EventFilter, EventKind, Limits, Spawn};
 use protocol::{write_frame, Client, ClientFrame, Op, ProtocolError, Reply, ServerFrame, MAGIC};
-use vmm::service::{Authority, PartitionService};
+use vmm::service::{Authority, PartitionService, TypedMemory};
 
 const MIB: u64 = 1 << 20;
 
@@ -203,6 +204,96 @@ fn processes_allocations_and_frees_go_through_the_service() {
         view.iter().map(|a| a.path.as_str()).collect::<Vec<_>>(),
         vec!["/partition/mem/fast/box", "/partition/mem/sysram/sys"]
     );
+}
+
+/// Typed memory that hands out extents one after another from a base and can be told to
+/// refuse taking them back, as a failed memory-slot removal would.
+#[derive(Default)]
+struct FakeTyped {
+    next: Mutex<u64>,
+    keep: AtomicBool,
+    revoked: Mutex<Vec<u64>>,
+}
+
+const FAKE_BASE: u64 = 1 << 32;
+
+impl TypedMemory for FakeTyped {
+    fn grant(&self, _class: &str, bytes: u64) -> Result<u64, String> {
+        let mut next = self.next.lock().expect("lock");
+        let gpa = FAKE_BASE + *next;
+        *next += bytes;
+        Ok(gpa)
+    }
+
+    fn revoke(&self, _class: &str, gpa: u64) -> Result<(), String> {
+        if self.keep.load(Ordering::SeqCst) {
+            return Err("the test keeps it".into());
+        }
+        self.revoked.lock().expect("lock").push(gpa);
+        Ok(())
+    }
+}
+
+fn allocated(client: &mut Client<UnixStream>, class: &str) -> u64 {
+    let op = Op::ClassMetrics {
+        path: format!("/partition/mem/{class}"),
+    };
+    match client.call(&Credential::Host, op).expect("io") {
+        Ok(Reply::Class(metrics)) => metrics.allocated,
+        other => panic!("no class metrics: {other:?}"),
+    }
+}
+
+#[test]
+fn a_typed_extent_the_guest_keeps_stays_charged() {
+    let service = service();
+    let typed = Arc::new(FakeTyped::default());
+    service.set_typed_memory(typed.clone());
+    let mut host = client(&service, Authority::Host);
+    let root = Credential::guest_root();
+    assert_eq!(
+        host.call(&Credential::Host, open("/partition/mem/fast/app"))
+            .expect("io"),
+        Ok(Reply::Done)
+    );
+    let start = Op::ProcessStart {
+        pid: 7,
+        parent: None,
+        spawn: Spawn::SetMpart(vec!["/partition/mem/fast/app".into()]),
+    };
+    assert_eq!(host.call(&root, start).expect("io"), Ok(Reply::Done));
+    let alloc = Op::Allocate {
+        pid: 7,
+        class: "fast".into(),
+        bytes: MIB,
+    };
+    let Ok(Reply::Granted {
+        grant,
+        gpa: Some(gpa),
+    }) = host.call(&root, alloc).expect("io")
+    else {
+        panic!("no extent");
+    };
+    let free = Op::Free {
+        pid: 7,
+        grant,
+        gpa: Some(gpa),
+    };
+    typed.keep.store(true, Ordering::SeqCst);
+    let refused = host
+        .call(&root, free.clone())
+        .expect("io")
+        .expect_err("EBUSY");
+    assert_eq!(refused.name, "EBUSY", "{refused:?}");
+    assert!(refused.message.contains(&format!("0x{gpa:x}")), "{refused:?}");
+    assert_eq!(allocated(&mut host, "fast"), MIB, "still charged");
+    let taken = service.revoke_newest("fast", grant.partition, MIB);
+    assert!(taken.is_empty(), "a reclaim passes over it: {taken:?}");
+    assert_eq!(allocated(&mut host, "fast"), MIB);
+    typed.keep.store(false, Ordering::SeqCst);
+    assert_eq!(host.call(&root, free).expect("io"), Ok(Reply::Done));
+    assert_eq!(allocated(&mut host, "fast"), 0);
+    assert_eq!(*typed.revoked.lock().expect("lock"), vec![gpa]);
 }
 
 #[test]
