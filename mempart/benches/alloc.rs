@@ -6,130 +6,12 @@
 // A benchmark whose set-up fails has nothing to measure: it stops with the reason.
 #![allow(clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+mod common;
 
+use common::{
+    by_pid_rounds, chain_engine, chain_rounds, crowded_engine, engine_rounds, ByPid, Chain,
+};
 use criterion::{criterion_main, BenchmarkId, Criterion};
-use mempart::{ClassId, ClassSpec, Credential, Engine, Limits, NewPartition, Spawn};
-
-const PAGE: u64 = 4096;
-
-/// An engine whose process 1 is associated with the leaf of a chain `depth` partitions deep.
-fn chain_engine(depth: usize) -> Engine {
-    let host = Credential::Host;
-    let mut e = Engine::new(&[ClassSpec::new("sysram", 1 << 30)]).expect("engine");
-    let mut path = String::from("/partition/mem/sysram");
-    for level in 1..=depth {
-        path.push_str(&format!("/l{level}"));
-        let spec = NewPartition {
-            limits: Limits {
-                min: 0,
-                max: 1 << 29,
-            },
-            ..NewPartition::default()
-        };
-        e.create(&host, &path, spec).expect("create");
-    }
-    e.process_start(&host, 1, None, &Spawn::SetMpart(vec![path]))
-        .expect("process");
-    e
-}
-
-/// [`chain_engine`] with `others` more processes tracked, their pids spread over Linux's
-/// range, the allocating process registered last.
-fn crowded_engine(depth: usize, others: u32) -> Engine {
-    let host = Credential::Host;
-    let mut e = chain_engine(depth);
-    e.process_exit(1).expect("exit");
-    for i in 0..others {
-        let pid = 2 + i * (mempart::PID_LIMIT / (others + 2));
-        e.process_start(&host, pid, None, &Spawn::Inherit)
-            .expect("process");
-    }
-    let leaf = (1..=depth).fold(String::from("/partition/mem/sysram"), |path, level| {
-        format!("{path}/l{level}")
-    });
-    e.process_start(&host, 1, None, &Spawn::SetMpart(vec![leaf]))
-        .expect("process");
-    e
-}
-
-/// The least work an allocation could do: add to every node up a chain, then take it off.
-struct Chain {
-    parent: Vec<Option<usize>>,
-    value: Vec<u64>,
-}
-
-impl Chain {
-    fn new(depth: usize) -> Chain {
-        Chain {
-            parent: (0..depth).map(|i| i.checked_sub(1)).collect(),
-            value: vec![0; depth],
-        }
-    }
-
-    fn add(&mut self, leaf: usize, delta: u64, up: bool) {
-        let mut cur = Some(leaf);
-        while let Some(i) = cur {
-            if let Some(v) = self.value.get_mut(i) {
-                *v = if up { *v + delta } else { *v - delta };
-            }
-            cur = self.parent.get(i).copied().flatten();
-        }
-    }
-}
-
-/// The chain reached by process id: a map from pids to their (class, leaf) pairs, as the
-/// least lookup an allocation on behalf of a process needs.
-struct ByPid {
-    processes: BTreeMap<u32, Vec<(u32, usize)>>,
-    chain: Chain,
-}
-
-impl ByPid {
-    fn new(depth: usize) -> ByPid {
-        ByPid {
-            processes: BTreeMap::from([(1, vec![(0, depth - 1)])]),
-            chain: Chain::new(depth),
-        }
-    }
-
-    fn add(&mut self, pid: u32, class: u32, delta: u64, up: bool) {
-        let leaf = self
-            .processes
-            .get(&pid)
-            .and_then(|assocs| assocs.iter().find(|a| a.0 == class))
-            .map(|a| a.1);
-        if let Some(leaf) = leaf {
-            self.chain.add(leaf, delta, up);
-        }
-    }
-}
-
-/// Times `iters` rounds of `round`. Every row goes through this loop, one copy of it per
-/// workload, kept out of line: each workload is compiled as a small function of its own
-/// rather than into criterion's generic timing loop, whose surroundings differ from row
-/// to row. The round itself is inlined, so no call per round is timed.
-#[inline(never)]
-fn timed<F: FnMut()>(iters: u64, mut round: F) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        round();
-    }
-    start.elapsed()
-}
-
-/// The engine rows' rounds: process 1 allocates a page and frees it. Both engine rows
-/// use this one loop.
-fn engine_rounds(engine: &mut Engine, class: ClassId, iters: u64) -> Duration {
-    timed(iters, || {
-        let grant = engine
-            .allocate(1, class, black_box(PAGE))
-            .expect("allocate");
-        engine.free(1, grant).expect("free");
-    })
-}
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("allocate+free");
@@ -141,25 +23,13 @@ fn bench(c: &mut Criterion) {
         });
         let mut chain = Chain::new(depth);
         group.bench_with_input(BenchmarkId::new("baseline", depth), &depth, |b, _| {
-            b.iter_custom(|iters| {
-                timed(iters, || {
-                    chain.add(depth - 1, black_box(PAGE), true);
-                    chain.add(depth - 1, black_box(PAGE), false);
-                })
-            })
+            b.iter_custom(|iters| chain_rounds(&mut chain, depth, iters))
         });
         let mut by_pid = ByPid::new(depth);
         group.bench_with_input(
             BenchmarkId::new("baseline-by-pid", depth),
             &depth,
-            |b, _| {
-                b.iter_custom(|iters| {
-                    timed(iters, || {
-                        by_pid.add(black_box(1), 0, black_box(PAGE), true);
-                        by_pid.add(black_box(1), 0, black_box(PAGE), false);
-                    })
-                })
-            },
+            |b, _| b.iter_custom(|iters| by_pid_rounds(&mut by_pid, iters)),
         );
     }
     let mut crowded = crowded_engine(4, 10_000);

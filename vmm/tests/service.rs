@@ -285,7 +285,10 @@ fn a_typed_extent_the_guest_keeps_stays_charged() {
         .expect("io")
         .expect_err("EBUSY");
     assert_eq!(refused.name, "EBUSY", "{refused:?}");
-    assert!(refused.message.contains(&format!("0x{gpa:x}")), "{refused:?}");
+    assert!(
+        refused.message.contains(&format!("0x{gpa:x}")),
+        "{refused:?}"
+    );
     assert_eq!(allocated(&mut host, "fast"), MIB, "still charged");
     let taken = service.revoke_newest("fast", grant.partition, MIB);
     assert!(taken.is_empty(), "a reclaim passes over it: {taken:?}");
