@@ -219,8 +219,8 @@ enum Step {
 impl Record {
     /// One level of a walk: the level's use moves by `d` (growth when `UP`). Growth above
     /// the limit is refused in a checked walk, and a figure that would leave 64 bits
-    /// always; the level is unchanged then. `noteworthy` is set when the
-    /// change must be followed up (a new highest, a watched level).
+    /// always; the level is unchanged then. `noteworthy` is set when the change must be
+    /// followed up (a new highest, a watched level).
     ///
     /// A level that is above its min, not watched and not at a new highest takes two
     /// comparisons, one each against `gate` and `floor`; everything else is off that path.
