@@ -495,11 +495,24 @@ impl PartitionService {
                     )
                     .into());
                 }
+                // Where typed memory backs the class, a charge exists only as extents: a
+                // free that names none of the process's would lower the charge while the
+                // guest keeps the memory.
+                let typed = self.typed.get().filter(|_| {
+                    e.partition_metrics(grant.partition)
+                        .is_ok_and(|m| m.class != mempart::SYSRAM)
+                });
+                if typed.is_some() && at.is_none() {
+                    return Err(mempart::Error::new(
+                        Errno::Enoent,
+                        e.path_of(grant.partition)?,
+                        format!("no extent of {} bytes is granted to pid {pid}", grant.bytes),
+                    )
+                    .into());
+                }
                 // The guest loses the extent before the engine counts it free: if it
                 // cannot be taken back, nothing changes.
-                if let (Some(extent), Some(typed)) =
-                    (at.and_then(|i| mine.get(i)), self.typed.get())
-                {
+                if let (Some(extent), Some(typed)) = (at.and_then(|i| mine.get(i)), typed) {
                     typed.revoke(&extent.class, extent.gpa).map_err(|why| {
                         mempart::Error::new(
                             Errno::Ebusy,

@@ -300,6 +300,51 @@ fn a_typed_extent_the_guest_keeps_stays_charged() {
 }
 
 #[test]
+fn a_typed_charge_is_freed_only_with_its_extent() {
+    let service = service();
+    let typed = Arc::new(FakeTyped::default());
+    service.set_typed_memory(typed.clone());
+    let mut host = client(&service, Authority::Host);
+    let root = Credential::guest_root();
+    assert_eq!(
+        host.call(&Credential::Host, open("/partition/mem/fast/app"))
+            .expect("io"),
+        Ok(Reply::Done)
+    );
+    let start = Op::ProcessStart {
+        pid: 7,
+        parent: None,
+        spawn: Spawn::SetMpart(vec!["/partition/mem/fast/app".into()]),
+    };
+    assert_eq!(host.call(&root, start).expect("io"), Ok(Reply::Done));
+    let alloc = Op::Allocate {
+        pid: 7,
+        class: "fast".into(),
+        bytes: 2 * MIB,
+    };
+    let Ok(Reply::Granted {
+        grant,
+        gpa: Some(_),
+    }) = host.call(&root, alloc).expect("io")
+    else {
+        panic!("no extent");
+    };
+    // Half of the grant, naming no extent: no extent of that size exists to take back.
+    let half = Op::Free {
+        pid: 7,
+        grant: mempart::Grant {
+            bytes: MIB,
+            ..grant
+        },
+        gpa: None,
+    };
+    let refused = host.call(&root, half).expect("io").expect_err("ENOENT");
+    assert_eq!(refused.name, "ENOENT", "{refused:?}");
+    assert_eq!(allocated(&mut host, "fast"), 2 * MIB, "still charged");
+    assert!(typed.revoked.lock().expect("lock").is_empty());
+}
+
+#[test]
 fn events_are_pushed_in_order_with_sequence_numbers() {
     let service = service();
     let mut watcher = client(&service, Authority::Host);
