@@ -244,8 +244,17 @@ fn allocated(client: &mut Client<UnixStream>, class: &str) -> u64 {
     }
 }
 
-#[test]
-fn a_typed_extent_the_guest_keeps_stays_charged() {
+/// A service whose typed memory is a [`FakeTyped`], and a host client through which
+/// guest root started process 7 in `fast/app` and was granted an extent of `bytes`.
+fn typed_grant(
+    bytes: u64,
+) -> (
+    PartitionService,
+    Arc<FakeTyped>,
+    Client<UnixStream>,
+    mempart::Grant,
+    u64,
+) {
     let service = service();
     let typed = Arc::new(FakeTyped::default());
     service.set_typed_memory(typed.clone());
@@ -265,7 +274,7 @@ fn a_typed_extent_the_guest_keeps_stays_charged() {
     let alloc = Op::Allocate {
         pid: 7,
         class: "fast".into(),
-        bytes: MIB,
+        bytes,
     };
     let Ok(Reply::Granted {
         grant,
@@ -274,6 +283,13 @@ fn a_typed_extent_the_guest_keeps_stays_charged() {
     else {
         panic!("no extent");
     };
+    (service, typed, host, grant, gpa)
+}
+
+#[test]
+fn a_typed_extent_the_guest_keeps_stays_charged() {
+    let (service, typed, mut host, grant, gpa) = typed_grant(MIB);
+    let root = Credential::guest_root();
     let free = Op::Free {
         pid: 7,
         grant,
@@ -301,34 +317,8 @@ fn a_typed_extent_the_guest_keeps_stays_charged() {
 
 #[test]
 fn a_typed_charge_is_freed_only_with_its_extent() {
-    let service = service();
-    let typed = Arc::new(FakeTyped::default());
-    service.set_typed_memory(typed.clone());
-    let mut host = client(&service, Authority::Host);
+    let (_service, typed, mut host, grant, _) = typed_grant(2 * MIB);
     let root = Credential::guest_root();
-    assert_eq!(
-        host.call(&Credential::Host, open("/partition/mem/fast/app"))
-            .expect("io"),
-        Ok(Reply::Done)
-    );
-    let start = Op::ProcessStart {
-        pid: 7,
-        parent: None,
-        spawn: Spawn::SetMpart(vec!["/partition/mem/fast/app".into()]),
-    };
-    assert_eq!(host.call(&root, start).expect("io"), Ok(Reply::Done));
-    let alloc = Op::Allocate {
-        pid: 7,
-        class: "fast".into(),
-        bytes: 2 * MIB,
-    };
-    let Ok(Reply::Granted {
-        grant,
-        gpa: Some(_),
-    }) = host.call(&root, alloc).expect("io")
-    else {
-        panic!("no extent");
-    };
     // Half of the grant, naming no extent: no extent of that size exists to take back.
     let half = Op::Free {
         pid: 7,
