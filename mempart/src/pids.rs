@@ -1,40 +1,38 @@
-//! Tracked processes by guest pid: a direct two-level index over Linux's pid range.
+//! Tracked processes by guest pid: a direct index over Linux's pid range.
 //!
-//! Linux never hands out a pid at or above [`PID_LIMIT`], so a pid splits into a chunk
-//! number and a place in that chunk, and finding a process is two array reads whatever
-//! the pid — no hashing a guest could make collide, no tree that deepens with the number
-//! of processes. A chunk (4 KiB) exists once a pid in its range has been registered; at
-//! most `PID_LIMIT / CHUNK` of them, 16 MiB in all, however the pids are spread.
+//! Linux never hands out a pid at or above [`PID_LIMIT`], so a pid can index a table of
+//! entry numbers directly: finding a process is one read of the table and one of the
+//! entry, whatever the pid — no hashing a guest could make collide, no tree that deepens
+//! with the number of processes, no second level to chase. The table covers the pids up
+//! to the highest one registered: 4 bytes per pid, 16 MiB at the very most.
 
 use crate::process::Pid;
 
 /// Linux's `PID_MAX_LIMIT` on 64-bit: every pid of a Linux guest is below it.
 pub const PID_LIMIT: Pid = 1 << 22;
 
-const CHUNK_BITS: u32 = 10;
-const CHUNK: usize = 1 << CHUNK_BITS;
+/// The table grows in steps of this many pids.
+const GROWTH: usize = 1 << 10;
 
-/// One chunk: for each pid of its range, 1 + the index of its entry, or 0.
-type Chunk = [u32; CHUNK];
-
-/// Values keyed by pid, stored densely; lookups go through the chunk index.
+/// Values keyed by pid, stored densely; lookups go through the table.
 #[derive(Debug, Clone)]
 pub(crate) struct PidMap<V> {
-    chunks: Vec<Option<Box<Chunk>>>,
+    /// For each pid up to the highest held: 1 + the index of its entry, or 0.
+    table: Vec<u32>,
     entries: Vec<(Pid, V)>,
 }
 
 impl<V> Default for PidMap<V> {
     fn default() -> Self {
         PidMap {
-            chunks: Vec::new(),
+            table: Vec::new(),
             entries: Vec::new(),
         }
     }
 }
 
 /// Two maps are equal when they hold the same pids with equal values, whatever order
-/// their entries are in or which chunks exist.
+/// their entries are in or how far their tables reach.
 impl<V: PartialEq> PartialEq for PidMap<V> {
     fn eq(&self, other: &Self) -> bool {
         self.len() == other.len()
@@ -45,72 +43,52 @@ impl<V: PartialEq> PartialEq for PidMap<V> {
     }
 }
 
-fn chunk_of(pid: Pid) -> usize {
-    (pid >> CHUNK_BITS) as usize
-}
-
-fn place_of(pid: Pid) -> usize {
-    pid as usize & (CHUNK - 1)
-}
-
 impl<V> PidMap<V> {
     /// Number of pids held.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// Index of `pid`'s entry.
+    /// Index of `pid`'s entry, or an index past the entries (an empty slot holds 0,
+    /// which wraps to the largest index).
     #[inline]
-    fn index(&self, pid: Pid) -> Option<usize> {
-        let chunk = self.chunks.get(chunk_of(pid))?.as_deref()?;
-        let slot = *chunk.get(place_of(pid))?;
-        (slot as usize).checked_sub(1)
+    fn index(&self, pid: Pid) -> usize {
+        let slot = self.table.get(pid as usize).copied().unwrap_or(0);
+        (slot as usize).wrapping_sub(1)
     }
 
     /// Whether `pid` is held.
     pub fn contains_key(&self, pid: Pid) -> bool {
-        self.index(pid).is_some()
+        self.index(pid) < self.entries.len()
     }
 
     /// The value of `pid`.
     #[inline]
     pub fn get(&self, pid: Pid) -> Option<&V> {
-        let at = self.index(pid)?;
-        self.entries.get(at).map(|(_, v)| v)
+        self.entries.get(self.index(pid)).map(|(_, v)| v)
     }
 
     /// The value of `pid`, mutably.
     #[inline]
     pub fn get_mut(&mut self, pid: Pid) -> Option<&mut V> {
-        let at = self.index(pid)?;
+        let at = self.index(pid);
         self.entries.get_mut(at).map(|(_, v)| v)
-    }
-
-    /// The place that holds `pid`'s slot, made if missing; `None` for a pid at or above
-    /// [`PID_LIMIT`].
-    fn slot_mut(&mut self, pid: Pid) -> Option<&mut u32> {
-        if pid >= PID_LIMIT {
-            return None;
-        }
-        let at = chunk_of(pid);
-        if self.chunks.len() <= at {
-            self.chunks.resize_with(at + 1, || None);
-        }
-        let chunk = self
-            .chunks
-            .get_mut(at)?
-            .get_or_insert_with(|| Box::new([0; CHUNK]));
-        chunk.get_mut(place_of(pid))
     }
 
     /// Holds `value` for `pid`, which must not be held yet. Gives the value back for a pid
     /// at or above [`PID_LIMIT`] or one already held.
     pub fn insert(&mut self, pid: Pid, value: V) -> Result<(), V> {
-        let next = self.entries.len() + 1;
-        let Ok(next) = u32::try_from(next) else {
+        let Ok(next) = u32::try_from(self.entries.len() + 1) else {
             return Err(value);
         };
-        match self.slot_mut(pid) {
+        if pid >= PID_LIMIT {
+            return Err(value);
+        }
+        let at = pid as usize;
+        if self.table.len() <= at {
+            self.table.resize((at / GROWTH + 1) * GROWTH, 0);
+        }
+        match self.table.get_mut(at) {
             Some(slot) if *slot == 0 => *slot = next,
             _ => return Err(value),
         }
@@ -120,16 +98,16 @@ impl<V> PidMap<V> {
 
     /// Takes `pid`'s value out. The last entry moves into its place.
     pub fn remove(&mut self, pid: Pid) -> Option<V> {
-        let at = self.index(pid)?;
+        let at = self.index(pid);
         if at >= self.entries.len() {
             return None;
         }
         let (_, value) = self.entries.swap_remove(at);
-        if let Some(slot) = self.slot_mut(pid) {
+        if let Some(slot) = self.table.get_mut(pid as usize) {
             *slot = 0;
         }
         if let Some(&(moved, _)) = self.entries.get(at) {
-            if let Some(slot) = self.slot_mut(moved) {
+            if let Some(slot) = self.table.get_mut(moved as usize) {
                 *slot = u32::try_from(at + 1).unwrap_or(0);
             }
         }
@@ -178,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn equality_ignores_order_and_chunks() {
+    fn equality_ignores_order_and_reach() {
         let mut a = PidMap::default();
         let mut b = PidMap::default();
         for pid in [1, 2] {
@@ -204,7 +182,7 @@ mod tests {
             0u32..40,
             PID_LIMIT - 40..PID_LIMIT + 40,
             any::<u32>(),
-            (0u32..8).prop_map(|k| k << CHUNK_BITS),
+            (0u32..8).prop_map(|k| k * GROWTH as u32),
         ]
     }
 
