@@ -94,6 +94,18 @@ pub(crate) struct SharedObject {
     pub owner: Uid,
 }
 
+/// The first of `assocs` that `wanted` picks. Most processes have one or two
+/// associations, so those two are tried without a loop.
+#[inline(always)]
+fn find_assoc(assocs: &mut [Assoc], wanted: impl Fn(&Assoc) -> bool) -> Option<&mut Assoc> {
+    match assocs {
+        [first, ..] if wanted(first) => Some(first),
+        [_, second, ..] if wanted(second) => Some(second),
+        [_, _, rest @ ..] => rest.iter_mut().find(|a| wanted(a)),
+        _ => None,
+    }
+}
+
 fn pid_subject(pid: Pid) -> String {
     format!("pid {pid}")
 }
@@ -446,7 +458,7 @@ impl Engine {
         let Some(proc) = self.procs.get_mut(pid) else {
             return Err(no_process(pid));
         };
-        let Some(assoc) = proc.assocs.iter_mut().find(|a| a.class == class) else {
+        let Some(assoc) = find_assoc(&mut proc.assocs, |a| a.class == class) else {
             return Err(self.no_partition_of(pid, class));
         };
         let part = assoc.part;
@@ -472,7 +484,8 @@ impl Engine {
         let Some(proc) = self.procs.get_mut(pid) else {
             return Err(no_process(pid));
         };
-        let (slot, left_behind) = match proc.assocs.iter_mut().find(|a| a.part == grant.partition) {
+        let (slot, left_behind) = match find_assoc(&mut proc.assocs, |a| a.part == grant.partition)
+        {
             Some(a) => (&mut a.charged, false),
             None => match proc.retained.iter_mut().find(|r| r.0 == grant.partition) {
                 Some(r) => (&mut r.1, true),

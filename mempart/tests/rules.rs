@@ -177,6 +177,39 @@ fn free_returns_exactly_what_was_charged() {
 }
 
 #[test]
+fn each_association_of_a_process_takes_the_charges_of_its_class() {
+    let classes = ["sysram", "fast", "slow", "dma"];
+    let specs: Vec<ClassSpec> = classes
+        .iter()
+        .map(|c| ClassSpec::new(*c, 64 * MIB))
+        .collect();
+    let mut e = Engine::new(&specs).unwrap_or_else(|e| panic!("{e}"));
+    let paths: Vec<String> = classes
+        .iter()
+        .map(|c| format!("/partition/mem/{c}/p"))
+        .collect();
+    for path in &paths {
+        ok(e.create(&HOST, path, limits(0, UNLIMITED)));
+    }
+    ok(e.process_start(&HOST, 1, None, &Spawn::SetMpart(paths.clone())));
+    let ids: Vec<_> = classes
+        .iter()
+        .map(|c| e.class_id(c).unwrap_or_else(|| panic!("{c}")))
+        .collect();
+    let mut grants = Vec::new();
+    for (n, (id, path)) in ids.iter().zip(&paths).enumerate() {
+        let bytes = (n as u64 + 1) * PAGE;
+        grants.push(ok(e.allocate(1, *id, bytes)));
+        assert_eq!(used(&e, path), bytes, "{path}");
+    }
+    for (grant, path) in grants.into_iter().zip(&paths).rev() {
+        ok(e.free(1, grant));
+        assert_eq!(used(&e, path), 0, "{path}");
+    }
+    assert!(paths.iter().all(|p| used(&e, p) == 0));
+}
+
+#[test]
 fn highest_size_is_kept_and_reset_returns_it() {
     let mut e = engine();
     ok(e.process_start(&HOST, 1, None, &Spawn::Inherit));
