@@ -70,7 +70,7 @@ pub struct ClassMetrics {
 /// A class as the engine keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Class {
-    pub name: String,
+    pub name: Box<str>,
     pub size: u64,
     pub unit: u64,
     pub perm: Perm,
@@ -88,7 +88,7 @@ impl Class {
     /// A class with nothing in it yet, owned by the superuser, mode 755.
     pub fn new(name: &str, size: u64, unit: u64) -> Class {
         Class {
-            name: name.to_string(),
+            name: name.into(),
             size,
             unit,
             perm: Perm::new(0, 0, 0o755),

@@ -146,14 +146,14 @@ impl Engine {
     pub fn class_id(&self, name: &str) -> Option<ClassId> {
         self.classes
             .iter()
-            .position(|c| c.name == name)
+            .position(|c| *c.name == *name)
             .and_then(|i| u32::try_from(i).ok())
             .map(ClassId)
     }
 
     /// Names of all classes, in the order they were added.
     pub fn class_names(&self) -> Vec<String> {
-        self.classes.iter().map(|c| c.name.clone()).collect()
+        self.classes.iter().map(|c| c.name.to_string()).collect()
     }
 
     /// The `sys` root partition of a class.
@@ -199,7 +199,7 @@ impl Engine {
     pub(crate) fn class_name(&self, id: ClassId) -> &str {
         self.classes
             .get(id.0 as usize)
-            .map(|c| c.name.as_str())
+            .map(|c| &*c.name)
             .unwrap_or("?")
     }
 
@@ -934,7 +934,7 @@ impl Engine {
     pub fn class_figures(&self, id: ClassId) -> Result<ClassMetrics> {
         let c = self.class(id)?;
         Ok(ClassMetrics {
-            name: c.name.clone(),
+            name: c.name.to_string(),
             size: c.size,
             unit: c.unit,
             allocated: c.allocated,
