@@ -513,11 +513,12 @@ impl Ledger {
         bytes: u64,
     ) -> Result<bool, Refusal> {
         let index = key.index();
-        let r = self
-            .records
-            .get_mut(index as usize)
-            .filter(|r| r.key == key)
-            .ok_or(Refusal::Missing { index })?;
+        let Some(r) = self.records.get_mut(index as usize) else {
+            return Err(Refusal::Missing { index });
+        };
+        if r.key != key {
+            return Err(Refusal::Missing { index });
+        }
         let class = r.class;
         let c = classes
             .get_mut(class as usize)
