@@ -20,6 +20,33 @@ pub struct Node {
     pub pids: Vec<u32>,
 }
 
+/// Something [`CgroupMirror::apply`] could not do that leaves part of the tree unenforced
+/// without stopping the rest: the memory controller not delegated to a group's children,
+/// or a process not moved into its group.
+#[derive(Debug)]
+pub struct Shortfall {
+    /// The control file that refused the write.
+    pub path: PathBuf,
+    /// The process that stayed where it was, when a move failed.
+    pub pid: Option<u32>,
+    /// Why.
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(
+                f,
+                "pid {pid} not moved by {}: {}",
+                self.path.display(),
+                self.error
+            ),
+            None => write!(f, "{}: {}", self.path.display(), self.error),
+        }
+    }
+}
+
 /// Writes partitions into a cgroup v2 hierarchy (or any directory laid out like one).
 pub struct CgroupMirror {
     root: PathBuf,
@@ -41,6 +68,18 @@ fn add_process(path: &Path, pid: u32) -> io::Result<()> {
     f.write_all(format!("{pid}\n").as_bytes())
 }
 
+/// Enables the memory controller for the children of the group at `dir`.
+fn delegate_memory(dir: &Path, shortfalls: &mut Vec<Shortfall>) {
+    let path = dir.join("cgroup.subtree_control");
+    if let Err(error) = write_file(&path, "+memory\n") {
+        shortfalls.push(Shortfall {
+            path,
+            pid: None,
+            error,
+        });
+    }
+}
+
 impl CgroupMirror {
     /// A mirror under `<cgroup_root>/mempart`.
     pub fn new(cgroup_root: &Path) -> CgroupMirror {
@@ -54,12 +93,16 @@ impl CgroupMirror {
     }
 
     /// Makes the hierarchy match `nodes`: creates and configures their cgroups, places
-    /// their processes and removes cgroups of partitions that are gone.
-    pub fn apply(&self, nodes: &[Node]) -> io::Result<()> {
+    /// their processes and removes cgroups of partitions that are gone. Fails on a group
+    /// it cannot create or configure; returns what it could not do short of that (a
+    /// process that has exited meanwhile is not one of them).
+    pub fn apply(&self, nodes: &[Node]) -> io::Result<Vec<Shortfall>> {
         let base = self.base();
         fs::create_dir_all(&base)?;
+        let mut shortfalls = Vec::new();
         // Delegate the memory controller down to every level we create.
-        let _ = write_file(&self.root.join("cgroup.subtree_control"), "+memory\n");
+        delegate_memory(&self.root, &mut shortfalls);
+        let mut delegated = BTreeSet::new();
         let mut sorted: Vec<&Node> = nodes.iter().collect();
         sorted.sort_by_key(|n| n.rel.matches('/').count());
         let mut wanted = BTreeSet::new();
@@ -67,7 +110,9 @@ impl CgroupMirror {
             let dir = base.join(&node.rel);
             fs::create_dir_all(&dir)?;
             if let Some(parent) = dir.parent() {
-                let _ = write_file(&parent.join("cgroup.subtree_control"), "+memory\n");
+                if delegated.insert(parent.to_path_buf()) {
+                    delegate_memory(parent, &mut shortfalls);
+                }
             }
             write_file(&dir.join("memory.min"), &format!("{}\n", node.min))?;
             let max = if node.max == u64::MAX {
@@ -79,16 +124,27 @@ impl CgroupMirror {
             // Processes of `sys` stay where they are (the root group, unlimited like an
             // Open sys); others move only when they are not in their group already.
             if node.rel != "sys" {
-                for pid in &node.pids {
-                    if !self.is_in(*pid, &node.rel) {
+                let procs = dir.join("cgroup.procs");
+                for &pid in &node.pids {
+                    if self.is_in(pid, &node.rel) {
+                        continue;
+                    }
+                    match add_process(&procs, pid) {
                         // A process that has exited meanwhile cannot be moved; that is fine.
-                        let _ = add_process(&dir.join("cgroup.procs"), *pid);
+                        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                        Err(error) => shortfalls.push(Shortfall {
+                            path: procs.clone(),
+                            pid: Some(pid),
+                            error,
+                        }),
+                        Ok(()) => {}
                     }
                 }
             }
             wanted.insert(dir);
         }
-        self.remove_stale(&base, &wanted)
+        self.remove_stale(&base, &wanted)?;
+        Ok(shortfalls)
     }
 
     /// Each node's own use as its cgroup reports it: `memory.current` less its direct
@@ -174,7 +230,8 @@ mod tests {
                 pids: vec![],
             },
         ];
-        mirror.apply(&nodes).unwrap_or_else(|e| panic!("{e}"));
+        let shortfalls = mirror.apply(&nodes).unwrap_or_else(|e| panic!("{e}"));
+        assert!(shortfalls.is_empty(), "{shortfalls:?}");
         let read = |p: &str| fs::read_to_string(root.join("mempart").join(p)).unwrap_or_default();
         assert_eq!(read("apps/memory.min"), "16777216\n");
         assert_eq!(read("apps/memory.max"), "max\n");
@@ -198,10 +255,58 @@ mod tests {
             ],
             "old has no figure; apps less its child"
         );
-        mirror.apply(&nodes[..2]).unwrap_or_else(|e| panic!("{e}"));
+        let shortfalls = mirror.apply(&nodes[..2]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(shortfalls.is_empty(), "{shortfalls:?}");
         assert!(!root.join("mempart/sys").exists());
         assert!(!root.join("mempart/old").exists());
         assert!(root.join("mempart/apps/web").exists());
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_group_that_refuses_delegation_or_a_process_is_reported_and_the_rest_applied() {
+        let root =
+            std::env::temp_dir().join(format!("mempart-cgroup-refusing-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        // A directory where a control file should be refuses every write to it.
+        for refusing in [
+            "mempart/apps/cgroup.subtree_control",
+            "mempart/apps/db/cgroup.procs",
+        ] {
+            fs::create_dir_all(root.join(refusing)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let node = |rel: &str, pids: Vec<u32>| Node {
+            rel: rel.into(),
+            min: 0,
+            max: 1 << 26,
+            pids,
+        };
+        let nodes = vec![
+            node("apps", vec![]),
+            node("apps/db", vec![7]),
+            node("apps/web", vec![42]),
+        ];
+        let mirror = CgroupMirror::new(&root);
+        let shortfalls = mirror.apply(&nodes).unwrap_or_else(|e| panic!("{e}"));
+        let base = root.join("mempart");
+        let seen: Vec<(PathBuf, Option<u32>)> =
+            shortfalls.iter().map(|s| (s.path.clone(), s.pid)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                (base.join("apps/cgroup.subtree_control"), None),
+                (base.join("apps/db/cgroup.procs"), Some(7)),
+            ],
+            "each group's delegation is tried once"
+        );
+        let text = shortfalls
+            .get(1)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(text.starts_with("pid 7 not moved by "), "{text}");
+        let read = |p: &str| fs::read_to_string(base.join(p)).unwrap_or_default();
+        assert_eq!(read("apps/web/cgroup.procs"), "42\n", "the rest is applied");
+        assert_eq!(read("apps/db/memory.max"), "67108864\n");
         let _ = fs::remove_dir_all(&root);
     }
 }

@@ -313,7 +313,10 @@ impl Agent {
                 }
             }
         }
-        mirror.apply(&nodes).context("writing the cgroup mirror")?;
+        let shortfalls = mirror.apply(&nodes).context("writing the cgroup mirror")?;
+        for shortfall in shortfalls {
+            eprintln!("mempart-agent: cgroup mirror: {shortfall}; not enforced in the guest");
+        }
         for node in &nodes {
             let path = format!("/partition/mem/sysram/{}", node.rel);
             if lock(&self.routes).own_subs.contains_key(&path) {
