@@ -1,6 +1,7 @@
 //! The cgroup v2 mirror of sysram partitions: one cgroup per partition under
-//! `<root>/mempart`, with `memory.min` and `memory.max` from the partition's limits and
-//! its processes in `cgroup.procs`, so an association bites inside the guest.
+//! `<root>/mempart`, with `memory.min` and `memory.max` from the partition's limits, and
+//! inside it a group [`OWN`] holding the partition's processes, so an association bites
+//! inside the guest.
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
@@ -68,6 +69,37 @@ fn add_process(path: &Path, pid: u32) -> io::Result<()> {
     f.write_all(format!("{pid}\n").as_bytes())
 }
 
+/// The group inside each partition's group that holds the partition's own processes:
+/// cgroup v2 lets only a group without controllers enabled for children hold processes,
+/// and a partition's group has its children's groups below it. No partition's group can
+/// take this name: theirs never contain a '.'.
+pub const OWN: &str = ".own";
+
+/// The cgroup name of a partition named `name`: '%', '.' and newline written as `%XX`,
+/// so that no group takes the name of a control file (each has a '.') or of [`OWN`], and
+/// cgroupfs, which refuses newlines, accepts it.
+pub fn group_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '%' | '.' | '\n' => out.push_str(&format!("%{:02X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The group of the partition at `rel` (names joined by '/') below `base`.
+fn group_dir(base: &Path, rel: &str) -> PathBuf {
+    rel.split('/')
+        .fold(base.to_path_buf(), |dir, name| dir.join(group_name(name)))
+}
+
+/// The partition `rel` sits in, if it is not a root.
+fn parent_of(rel: &str) -> Option<&str> {
+    rel.rsplit_once('/').map(|(parent, _)| parent)
+}
+
 /// Enables the memory controller for the children of the group at `dir`.
 fn delegate_memory(dir: &Path, shortfalls: &mut Vec<Shortfall>) {
     let path = dir.join("cgroup.subtree_control");
@@ -102,18 +134,13 @@ impl CgroupMirror {
         let mut shortfalls = Vec::new();
         // Delegate the memory controller down to every level we create.
         delegate_memory(&self.root, &mut shortfalls);
-        let mut delegated = BTreeSet::new();
+        delegate_memory(&base, &mut shortfalls);
         let mut sorted: Vec<&Node> = nodes.iter().collect();
         sorted.sort_by_key(|n| n.rel.matches('/').count());
         let mut wanted = BTreeSet::new();
         for node in sorted {
-            let dir = base.join(&node.rel);
+            let dir = group_dir(&base, &node.rel);
             fs::create_dir_all(&dir)?;
-            if let Some(parent) = dir.parent() {
-                if delegated.insert(parent.to_path_buf()) {
-                    delegate_memory(parent, &mut shortfalls);
-                }
-            }
             write_file(&dir.join("memory.min"), &format!("{}\n", node.min))?;
             let max = if node.max == u64::MAX {
                 "max".to_string()
@@ -121,12 +148,23 @@ impl CgroupMirror {
                 node.max.to_string()
             };
             write_file(&dir.join("memory.max"), &format!("{max}\n"))?;
+            delegate_memory(&dir, &mut shortfalls);
+            // The partition's own processes share its min with its children's groups.
+            let own = dir.join(OWN);
+            fs::create_dir_all(&own)?;
+            let children_min: u64 = nodes
+                .iter()
+                .filter(|c| parent_of(&c.rel) == Some(node.rel.as_str()))
+                .map(|c| c.min)
+                .fold(0, u64::saturating_add);
+            let own_min = node.min.saturating_sub(children_min);
+            write_file(&own.join("memory.min"), &format!("{own_min}\n"))?;
             // Processes of `sys` stay where they are (the root group, unlimited like an
             // Open sys); others move only when they are not in their group already.
             if node.rel != "sys" {
-                let procs = dir.join("cgroup.procs");
+                let procs = own.join("cgroup.procs");
                 for &pid in &node.pids {
-                    if self.is_in(pid, &node.rel) {
+                    if self.is_in(pid, &own) {
                         continue;
                     }
                     match add_process(&procs, pid) {
@@ -142,42 +180,39 @@ impl CgroupMirror {
                 }
             }
             wanted.insert(dir);
+            wanted.insert(own);
         }
         self.remove_stale(&base, &wanted)?;
         Ok(shortfalls)
     }
 
-    /// Each node's own use as its cgroup reports it: `memory.current` less its direct
-    /// children's (the engine adds children itself). `sys` (the root group, which has no
-    /// `memory.current`) and nodes whose figure cannot be read are left out.
+    /// Each node's own use: the `memory.current` of its [`OWN`] group, which holds its
+    /// processes (the engine adds children itself; what the kernel spends on a group's
+    /// children's groups is charged to the group, not to [`OWN`]). `sys` (whose
+    /// processes stay in the root group) and nodes whose figure cannot be read are left
+    /// out.
     pub fn own_usage(&self, nodes: &[Node]) -> Vec<(String, u64)> {
-        let current = |rel: &str| -> Option<u64> {
-            fs::read_to_string(self.base().join(rel).join("memory.current"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        };
+        let base = self.base();
         nodes
             .iter()
             .filter(|n| n.rel != "sys")
             .filter_map(|n| {
-                let total = current(&n.rel)?;
-                let children: u64 = nodes
-                    .iter()
-                    .filter(|c| c.rel.rsplit_once('/').map(|(parent, _)| parent) == Some(&n.rel))
-                    .filter_map(|c| current(&c.rel))
-                    .sum();
-                Some((n.rel.clone(), total.saturating_sub(children)))
+                let path = group_dir(&base, &n.rel).join(OWN).join("memory.current");
+                let own = fs::read_to_string(path).ok()?.trim().parse().ok()?;
+                Some((n.rel.clone(), own))
             })
             .collect()
     }
 
-    /// Whether `pid` already sits in the group for `rel` (per `/proc/<pid>/cgroup`, which
-    /// reads `0::/mempart/<rel>` on a cgroup v2 guest).
-    fn is_in(&self, pid: u32, rel: &str) -> bool {
+    /// Whether `pid` already sits in the group at `dir` (per `/proc/<pid>/cgroup`, which
+    /// reads `0::/<dir below the root>` on a cgroup v2 guest).
+    fn is_in(&self, pid: u32, dir: &Path) -> bool {
+        let Ok(below) = dir.strip_prefix(&self.root) else {
+            return false;
+        };
+        let line = format!("0::/{}", below.display());
         std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .map(|c| c.lines().any(|l| l == format!("0::/mempart/{rel}")))
+            .map(|c| c.lines().any(|l| l == line))
             .unwrap_or(false)
     }
 
@@ -219,9 +254,15 @@ mod tests {
             },
             Node {
                 rel: "apps/web".into(),
-                min: 0,
+                min: 1 << 22,
                 max: 1 << 26,
                 pids: vec![42],
+            },
+            Node {
+                rel: "apps/memory.max".into(),
+                min: 0,
+                max: 1 << 20,
+                pids: vec![43],
             },
             Node {
                 rel: "old".into(),
@@ -236,30 +277,53 @@ mod tests {
         assert_eq!(read("apps/memory.min"), "16777216\n");
         assert_eq!(read("apps/memory.max"), "max\n");
         assert_eq!(read("apps/web/memory.max"), "67108864\n");
-        assert_eq!(read("apps/web/cgroup.procs"), "42\n");
-        assert_eq!(read("cgroup.subtree_control"), "+memory\n");
+        assert_eq!(read("apps/web/.own/cgroup.procs"), "42\n");
+        assert_eq!(read("apps/web/cgroup.procs"), "", "processes sit in .own");
         assert_eq!(
-            read("sys/cgroup.procs"),
+            read("apps/.own/memory.min"),
+            "12582912\n",
+            "apps's own processes keep its min less its children's"
+        );
+        assert_eq!(
+            read("apps/memory.max"),
+            "max\n",
+            "a partition named like a control file does not write over it"
+        );
+        assert_eq!(read("apps/memory%2Emax/memory.max"), "1048576\n");
+        assert_eq!(read("apps/memory%2Emax/.own/cgroup.procs"), "43\n");
+        for group in ["", "apps/", "apps/web/"] {
+            assert_eq!(read(&format!("{group}cgroup.subtree_control")), "+memory\n");
+        }
+        assert_eq!(
+            read("sys/.own/cgroup.procs"),
             "",
             "sys's processes stay in the root group"
         );
-        fs::write(root.join("mempart/apps/memory.current"), "50000000\n")
+        for (group, current) in [
+            ("apps", "50000000"),
+            ("apps/.own", "30000000"),
+            ("apps/web/.own", "20000000"),
+        ] {
+            fs::write(
+                root.join("mempart").join(group).join("memory.current"),
+                current,
+            )
             .unwrap_or_else(|e| panic!("{e}"));
-        fs::write(root.join("mempart/apps/web/memory.current"), "20000000\n")
-            .unwrap_or_else(|e| panic!("{e}"));
+        }
         assert_eq!(
             mirror.own_usage(&nodes),
             vec![
                 ("apps".to_string(), 30_000_000),
                 ("apps/web".to_string(), 20_000_000)
             ],
-            "old has no figure; apps less its child"
+            "each partition's own processes' use; the others have no figure"
         );
         let shortfalls = mirror.apply(&nodes[..2]).unwrap_or_else(|e| panic!("{e}"));
         assert!(shortfalls.is_empty(), "{shortfalls:?}");
         assert!(!root.join("mempart/sys").exists());
         assert!(!root.join("mempart/old").exists());
-        assert!(root.join("mempart/apps/web").exists());
+        assert!(!root.join("mempart/apps/memory%2Emax").exists());
+        assert!(root.join("mempart/apps/web/.own").exists());
         let _ = fs::remove_dir_all(&root);
     }
 
@@ -271,7 +335,7 @@ mod tests {
         // A directory where a control file should be refuses every write to it.
         for refusing in [
             "mempart/apps/cgroup.subtree_control",
-            "mempart/apps/db/cgroup.procs",
+            "mempart/apps/db/.own/cgroup.procs",
         ] {
             fs::create_dir_all(root.join(refusing)).unwrap_or_else(|e| panic!("{e}"));
         }
@@ -295,7 +359,7 @@ mod tests {
             seen,
             vec![
                 (base.join("apps/cgroup.subtree_control"), None),
-                (base.join("apps/db/cgroup.procs"), Some(7)),
+                (base.join("apps/db/.own/cgroup.procs"), Some(7)),
             ],
             "each group's delegation is tried once"
         );
@@ -305,8 +369,26 @@ mod tests {
             .unwrap_or_default();
         assert!(text.starts_with("pid 7 not moved by "), "{text}");
         let read = |p: &str| fs::read_to_string(base.join(p)).unwrap_or_default();
-        assert_eq!(read("apps/web/cgroup.procs"), "42\n", "the rest is applied");
+        assert_eq!(
+            read("apps/web/.own/cgroup.procs"),
+            "42\n",
+            "the rest is applied"
+        );
         assert_eq!(read("apps/db/memory.max"), "67108864\n");
         let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn group_names_never_hold_a_dot_a_newline_or_a_bare_percent() {
+        assert_eq!(group_name("web"), "web");
+        assert_eq!(group_name("web.api"), "web%2Eapi");
+        assert_eq!(group_name("50%"), "50%25");
+        assert_eq!(group_name("a\nb"), "a%0Ab");
+        assert_eq!(group_name(".own"), "%2Eown");
+        assert_ne!(
+            group_name("%2E"),
+            group_name("."),
+            "escaping keeps names apart"
+        );
     }
 }

@@ -1,5 +1,6 @@
 /* memhog MIB|twice [hold]: touches MIB mebibytes of anonymous memory a page at a time
- * (`twice`: twice its own cgroup's memory.max), saying how far it got every 4 MiB, then
+ * (`twice`: twice the memory.max of the nearest group at or above its own cgroup that
+ * has one), saying how far it got every 4 MiB, then
  * exits 0 — or with `hold` keeps the memory until it is killed. The end-to-end tests use
  * it to meet a partition's memory.max. */
 #include <stdio.h>
@@ -23,13 +24,19 @@ int main(int argc, char **argv) {
         }
         fclose(f);
         group[strcspn(group, "\n")] = 0;
-        snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", group + 3);
-        f = fopen(path, "r");
-        if (!f || !fgets(max, sizeof max, f) || max[0] < '0' || max[0] > '9') {
-            fprintf(stderr, "memhog: %s holds no number\n", path);
-            return 2;
+        for (;;) {
+            snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", group + 3);
+            f = fopen(path, "r");
+            int found = f && fgets(max, sizeof max, f) && max[0] >= '0' && max[0] <= '9';
+            if (f) fclose(f);
+            if (found) break;
+            char *slash = strrchr(group + 3, '/');
+            if (!slash || slash == group + 3) {
+                fprintf(stderr, "memhog: no memory.max with a number above %s\n", path);
+                return 2;
+            }
+            *slash = 0;
         }
-        fclose(f);
         mib = 2 * (strtol(max, NULL, 10) >> 20);
         printf("memhog: %s is %ld MiB; touching %ld MiB\n", path, mib / 2, mib);
     }

@@ -454,16 +454,16 @@ fn sysram_partitions_are_mirrored_as_cgroups_before_the_caller_hears_back() {
     assert_eq!(read("apps/web/memory.max"), format!("{}\n", 8 * MIB));
     assert_eq!(read("sys/memory.max"), "max\n");
     assert_eq!(
-        read("sys/cgroup.procs"),
+        read("sys/.own/cgroup.procs"),
         "",
         "sys's processes stay in the root group"
     );
     assert!(
-        read("apps/web/cgroup.procs")
+        read("apps/web/.own/cgroup.procs")
             .lines()
             .any(|l| l == pid.to_string()),
         "{}",
-        read("apps/web/cgroup.procs")
+        read("apps/web/.own/cgroup.procs")
     );
     rig.ok(0, &["set", "/partition/mem/sysram/apps/web", "--max", "4M"]);
     assert_eq!(read("apps/web/memory.max"), format!("{}\n", 4 * MIB));
@@ -519,7 +519,7 @@ fn the_agent_reports_cgroup_use_and_mirrors_a_host_reclaim() {
     // Reports follow limit changes only: no periodic report interferes.
     let rig = Rig::with_args("reclaim", &["--report-interval", "3600"]);
     rig.ok(0, &["create", APPS, "--max", "64M"]);
-    let current = rig.dir.join("cgroup/mempart/apps/memory.current");
+    let current = rig.dir.join("cgroup/mempart/apps/.own/memory.current");
     let mut watcher =
         Client::connect(UnixStream::connect(rig.dir.join("service.sock")).expect("service"))
             .expect("handshake");
