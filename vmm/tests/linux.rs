@@ -367,6 +367,7 @@ fn guest_enforcement_and_host_reclaim_in_linux() {
         &topology,
         format!(
             "[[partition]]\npath = \"/partition/mem/sysram/small\"\nmax = \"{max_mib}M\"\n\
+             [[partition]]\npath = \"/partition/mem/sysram/small/kid\"\n\
              [[partition]]\npath = \"{OTHER}\"\n\
              [[partition]]\npath = \"/partition/mem/sysram/session\"\n\
              [[partition]]\npath = \"/partition/mem/fast/sandbox\"\nmin = \"4M\"\nmax = \"4M\"\n"
@@ -429,9 +430,14 @@ fn guest_enforcement_and_host_reclaim_in_linux() {
         handle.violations()
     );
     let small = run_in("/partition/mem/sysram/small");
+    // `small` has a partition below it: its processes sit in its `.own` group, and the
+    // nearest limit above them is small's own.
     assert!(
-        small.contains(&format!("touching {} MiB", 2 * max_mib)),
-        "memhog saw memory.max {max_mib} MiB:\n{text}"
+        small.contains(&format!(
+            "memhog: /sys/fs/cgroup/mempart/small/memory.max is {max_mib} MiB; touching {} MiB",
+            2 * max_mib
+        )),
+        "memhog saw small's memory.max of {max_mib} MiB:\n{text}"
     );
     assert!(
         small.contains("init: mpctl exited with 137") && !small.contains("memhog: touched"),
