@@ -159,24 +159,33 @@ impl CgroupMirror {
                 .fold(0, u64::saturating_add);
             let own_min = node.min.saturating_sub(children_min);
             write_file(&own.join("memory.min"), &format!("{own_min}\n"))?;
-            // Processes of `sys` stay where they are (the root group, unlimited like an
-            // Open sys); others move only when they are not in their group already.
-            if node.rel != "sys" {
-                let procs = own.join("cgroup.procs");
-                for &pid in &node.pids {
-                    if self.is_in(pid, &own) {
-                        continue;
-                    }
-                    match add_process(&procs, pid) {
-                        // A process that has exited meanwhile cannot be moved; that is fine.
-                        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                        Err(error) => shortfalls.push(Shortfall {
-                            path: procs.clone(),
-                            pid: Some(pid),
-                            error,
-                        }),
-                        Ok(()) => {}
-                    }
+            // Processes of `sys` belong in the root group (unlimited like an Open sys):
+            // they stay where they are unless they come from another partition's group.
+            // Others move only when they are not in their group already.
+            let sys = node.rel == "sys";
+            let procs = if sys {
+                self.root.join("cgroup.procs")
+            } else {
+                own.join("cgroup.procs")
+            };
+            for &pid in &node.pids {
+                let placed = if sys {
+                    !self.is_below(pid, &base)
+                } else {
+                    self.is_in(pid, &own)
+                };
+                if placed {
+                    continue;
+                }
+                match add_process(&procs, pid) {
+                    // A process that has exited meanwhile cannot be moved; that is fine.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(error) => shortfalls.push(Shortfall {
+                        path: procs.clone(),
+                        pid: Some(pid),
+                        error,
+                    }),
+                    Ok(()) => {}
                 }
             }
             wanted.insert(dir);
@@ -204,16 +213,22 @@ impl CgroupMirror {
             .collect()
     }
 
-    /// Whether `pid` already sits in the group at `dir` (per `/proc/<pid>/cgroup`, which
-    /// reads `0::/<dir below the root>` on a cgroup v2 guest).
+    /// The group `pid` sits in, below the root (`/proc/<pid>/cgroup` reads `0::/<group>`
+    /// on a cgroup v2 guest); `None` if that cannot be read.
+    fn group_of(&self, pid: u32) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let group = text.lines().find_map(|l| l.strip_prefix("0::/"))?;
+        Some(self.root.join(group))
+    }
+
+    /// Whether `pid` already sits in the group at `dir`.
     fn is_in(&self, pid: u32, dir: &Path) -> bool {
-        let Ok(below) = dir.strip_prefix(&self.root) else {
-            return false;
-        };
-        let line = format!("0::/{}", below.display());
-        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .map(|c| c.lines().any(|l| l == line))
-            .unwrap_or(false)
+        self.group_of(pid).is_some_and(|g| g == dir)
+    }
+
+    /// Whether `pid` sits in a group below `dir`.
+    fn is_below(&self, pid: u32, dir: &Path) -> bool {
+        self.group_of(pid).is_some_and(|g| g.starts_with(dir))
     }
 
     /// Removes directories below `dir` that no partition wants, deepest first.

@@ -443,6 +443,14 @@ fn guest_enforcement_and_host_reclaim_in_linux() {
         small.contains("init: mpctl exited with 137") && !small.contains("memhog: touched"),
         "the guest kernel stopped the process at the partition's max:\n{text}"
     );
+    // A process of `small` that associates with `sys` goes back to the root group, and
+    // its child finds no limit above it.
+    let moved = run_in("/partition/mem/sysram/small -- /bin/steps");
+    assert!(
+        moved.contains("steps$ /bin/memhog twice")
+            && moved.contains("memhog: no memory.max with a number above /sys/fs/cgroup/"),
+        "a process that moved to sys left small's group:\n{text}"
+    );
     let highest = handle.with_engine(|e| {
         e.metrics(&Credential::Host, "/partition/mem/sysram/small")
             .expect("small")
