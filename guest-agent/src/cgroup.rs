@@ -22,8 +22,8 @@ pub struct Node {
 }
 
 /// Something [`CgroupMirror::apply`] could not do that leaves part of the tree unenforced
-/// without stopping the rest: the memory controller not delegated to a group's children,
-/// or a process not moved into its group.
+/// without stopping the rest: a group not created or configured, the memory controller
+/// not delegated to a group's children, or a process not moved into its group.
 #[derive(Debug)]
 pub struct Shortfall {
     /// The control file that refused the write.
@@ -75,9 +75,14 @@ fn add_process(path: &Path, pid: u32) -> io::Result<()> {
 /// take this name: theirs never contain a '.'.
 pub const OWN: &str = ".own";
 
+/// The longest name cgroupfs takes, in bytes.
+const GROUP_NAME_MAX: usize = 255;
+
 /// The cgroup name of a partition named `name`: '%', '.' and newline written as `%XX`,
 /// so that no group takes the name of a control file (each has a '.') or of [`OWN`], and
-/// cgroupfs, which refuses newlines, accepts it.
+/// cgroupfs, which refuses newlines, accepts it. A name that grows past what cgroupfs
+/// takes keeps its start and ends in `%%` and a hash of the whole name (`%%` appears in
+/// no other group name).
 pub fn group_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.chars() {
@@ -86,7 +91,18 @@ pub fn group_name(name: &str) -> String {
             c => out.push(c),
         }
     }
-    out
+    if out.len() <= GROUP_NAME_MAX {
+        return out;
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(name, &mut hasher);
+    let tail = format!("%%{:016x}", std::hash::Hasher::finish(&hasher));
+    let mut cut = GROUP_NAME_MAX - tail.len();
+    while !out.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.truncate(cut);
+    out + &tail
 }
 
 /// The group of the partition at `rel` (names joined by '/') below `base`.
@@ -125,9 +141,11 @@ impl CgroupMirror {
     }
 
     /// Makes the hierarchy match `nodes`: creates and configures their cgroups, places
-    /// their processes and removes cgroups of partitions that are gone. Fails on a group
-    /// it cannot create or configure; returns what it could not do short of that (a
-    /// process that has exited meanwhile is not one of them).
+    /// their processes and removes cgroups of partitions that are gone. Fails only when
+    /// `mempart/` itself cannot be made or read; returns what it could not do (a group it
+    /// could not create or configure, whose partitions below are then left alone; a
+    /// controller not delegated; a process not moved — one that has exited meanwhile is
+    /// not one of them).
     pub fn apply(&self, nodes: &[Node]) -> io::Result<Vec<Shortfall>> {
         let base = self.base();
         fs::create_dir_all(&base)?;
@@ -138,61 +156,95 @@ impl CgroupMirror {
         let mut sorted: Vec<&Node> = nodes.iter().collect();
         sorted.sort_by_key(|n| n.rel.matches('/').count());
         let mut wanted = BTreeSet::new();
+        let mut failed: Vec<PathBuf> = Vec::new();
         for node in sorted {
             let dir = group_dir(&base, &node.rel);
-            fs::create_dir_all(&dir)?;
-            write_file(&dir.join("memory.min"), &format!("{}\n", node.min))?;
-            let max = if node.max == u64::MAX {
-                "max".to_string()
-            } else {
-                node.max.to_string()
-            };
-            write_file(&dir.join("memory.max"), &format!("{max}\n"))?;
-            delegate_memory(&dir, &mut shortfalls);
-            // The partition's own processes share its min with its children's groups.
-            let own = dir.join(OWN);
-            fs::create_dir_all(&own)?;
-            let children_min: u64 = nodes
-                .iter()
-                .filter(|c| parent_of(&c.rel) == Some(node.rel.as_str()))
-                .map(|c| c.min)
-                .fold(0, u64::saturating_add);
-            let own_min = node.min.saturating_sub(children_min);
-            write_file(&own.join("memory.min"), &format!("{own_min}\n"))?;
-            // Processes of `sys` belong in the root group (unlimited like an Open sys):
-            // they stay where they are unless they come from another partition's group.
-            // Others move only when they are not in their group already.
-            let sys = node.rel == "sys";
-            let procs = if sys {
-                self.root.join("cgroup.procs")
-            } else {
-                own.join("cgroup.procs")
-            };
-            for &pid in &node.pids {
-                let placed = if sys {
-                    !self.is_below(pid, &base)
-                } else {
-                    self.is_in(pid, &own)
-                };
-                if placed {
+            if failed.iter().any(|f| dir.starts_with(f)) {
+                continue;
+            }
+            wanted.insert(dir.clone());
+            let own = match self.configure(node, nodes, &dir, &mut shortfalls) {
+                Ok(own) => own,
+                Err((path, error)) => {
+                    shortfalls.push(Shortfall {
+                        path,
+                        pid: None,
+                        error,
+                    });
+                    failed.push(dir);
                     continue;
                 }
-                match add_process(&procs, pid) {
-                    // A process that has exited meanwhile cannot be moved; that is fine.
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                    Err(error) => shortfalls.push(Shortfall {
-                        path: procs.clone(),
-                        pid: Some(pid),
-                        error,
-                    }),
-                    Ok(()) => {}
-                }
-            }
-            wanted.insert(dir);
+            };
+            self.place(node, &base, &own, &mut shortfalls);
             wanted.insert(own);
         }
         self.remove_stale(&base, &wanted)?;
         Ok(shortfalls)
+    }
+
+    /// Creates the group of `node` at `dir` with its limits, and its [`OWN`] group with
+    /// the partition's min less its children's (`nodes` holds them). Returns [`OWN`], or
+    /// the directory or control file that refused.
+    fn configure(
+        &self,
+        node: &Node,
+        nodes: &[Node],
+        dir: &Path,
+        shortfalls: &mut Vec<Shortfall>,
+    ) -> Result<PathBuf, (PathBuf, io::Error)> {
+        let make = |path: PathBuf| fs::create_dir_all(&path).map_err(|e| (path, e));
+        let set = |path: PathBuf, text: String| write_file(&path, &text).map_err(|e| (path, e));
+        make(dir.to_path_buf())?;
+        set(dir.join("memory.min"), format!("{}\n", node.min))?;
+        let max = if node.max == u64::MAX {
+            "max".to_string()
+        } else {
+            node.max.to_string()
+        };
+        set(dir.join("memory.max"), format!("{max}\n"))?;
+        delegate_memory(dir, shortfalls);
+        let own = dir.join(OWN);
+        make(own.clone())?;
+        let children_min: u64 = nodes
+            .iter()
+            .filter(|c| parent_of(&c.rel) == Some(node.rel.as_str()))
+            .map(|c| c.min)
+            .fold(0, u64::saturating_add);
+        let own_min = node.min.saturating_sub(children_min);
+        set(own.join("memory.min"), format!("{own_min}\n"))?;
+        Ok(own)
+    }
+
+    /// Moves the processes of `node` into its group `own`. Processes of `sys` belong in
+    /// the root group (unlimited like an Open sys): they stay where they are unless they
+    /// come from a group below `base`. Others move only when they are not in `own` yet.
+    fn place(&self, node: &Node, base: &Path, own: &Path, shortfalls: &mut Vec<Shortfall>) {
+        let sys = node.rel == "sys";
+        let procs = if sys {
+            self.root.join("cgroup.procs")
+        } else {
+            own.join("cgroup.procs")
+        };
+        for &pid in &node.pids {
+            let placed = if sys {
+                !self.is_below(pid, base)
+            } else {
+                self.is_in(pid, own)
+            };
+            if placed {
+                continue;
+            }
+            match add_process(&procs, pid) {
+                // A process that has exited meanwhile cannot be moved; that is fine.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(error) => shortfalls.push(Shortfall {
+                    path: procs.clone(),
+                    pid: Some(pid),
+                    error,
+                }),
+                Ok(()) => {}
+            }
+        }
     }
 
     /// Each node's own use: the `memory.current` of its [`OWN`] group, which holds its
@@ -405,5 +457,60 @@ mod tests {
             group_name("."),
             "escaping keeps names apart"
         );
+    }
+
+    #[test]
+    fn a_name_too_long_once_escaped_is_cut_and_hashed_within_the_limit() {
+        let dots = group_name(&".".repeat(255));
+        let fewer = group_name(&".".repeat(254));
+        for long in [&dots, &fewer] {
+            assert!(long.len() <= GROUP_NAME_MAX, "{}", long.len());
+            assert!(long.contains("%%") && !long.contains('.'), "{long}");
+        }
+        assert_ne!(dots, fewer);
+        assert_eq!(group_name(&"a".repeat(255)), "a".repeat(255));
+        let wide = group_name(&format!("{}{}", "é".repeat(120), ".".repeat(15)));
+        assert!(
+            wide.len() <= GROUP_NAME_MAX && wide.starts_with('é'),
+            "{wide}"
+        );
+    }
+
+    #[test]
+    fn a_group_that_cannot_be_configured_is_reported_and_only_its_subtree_skipped() {
+        let root = std::env::temp_dir().join(format!("mempart-cgroup-bad-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        // A directory where `bad`'s memory.max should be refuses the write.
+        fs::create_dir_all(root.join("mempart/bad/memory.max")).unwrap_or_else(|e| panic!("{e}"));
+        let node = |rel: &str, pids: Vec<u32>| Node {
+            rel: rel.into(),
+            min: 0,
+            max: 1 << 26,
+            pids,
+        };
+        let long = ".".repeat(255);
+        let nodes = vec![
+            node("bad", vec![]),
+            node("bad/kid", vec![7]),
+            node("good", vec![42]),
+            node(&long, vec![]),
+        ];
+        let shortfalls = CgroupMirror::new(&root)
+            .apply(&nodes)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let base = root.join("mempart");
+        let seen: Vec<(PathBuf, Option<u32>)> =
+            shortfalls.iter().map(|s| (s.path.clone(), s.pid)).collect();
+        assert_eq!(seen, vec![(base.join("bad/memory.max"), None)]);
+        assert!(
+            !base.join("bad/kid").exists(),
+            "nothing is made below a failed group"
+        );
+        assert_eq!(
+            fs::read_to_string(base.join("good/.own/cgroup.procs")).unwrap_or_default(),
+            "42\n"
+        );
+        assert!(base.join(group_name(&long)).join(OWN).is_dir());
+        let _ = fs::remove_dir_all(&root);
     }
 }
