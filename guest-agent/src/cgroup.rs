@@ -178,7 +178,7 @@ impl CgroupMirror {
             self.place(node, &base, &own, &mut shortfalls);
             wanted.insert(own);
         }
-        self.remove_stale(&base, &wanted)?;
+        self.remove_stale(&base, &wanted, &mut shortfalls)?;
         Ok(shortfalls)
     }
 
@@ -283,18 +283,44 @@ impl CgroupMirror {
         self.group_of(pid).is_some_and(|g| g.starts_with(dir))
     }
 
-    /// Removes directories below `dir` that no partition wants, deepest first.
-    fn remove_stale(&self, dir: &Path, wanted: &BTreeSet<PathBuf>) -> io::Result<()> {
+    /// Removes groups below `dir` that no partition wants, deepest first. Processes left
+    /// in one (the engine no longer knows them there) go back to the root group first;
+    /// a group that cannot be removed is a shortfall.
+    fn remove_stale(
+        &self,
+        dir: &Path,
+        wanted: &BTreeSet<PathBuf>,
+        shortfalls: &mut Vec<Shortfall>,
+    ) -> io::Result<()> {
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
             if !path.is_dir() {
                 continue;
             }
-            self.remove_stale(&path, wanted)?;
-            if !wanted.contains(&path) {
-                // A real cgroup goes with rmdir; a look-alike directory holds plain files.
-                if fs::remove_dir(&path).is_err() {
-                    let _ = fs::remove_dir_all(&path);
+            self.remove_stale(&path, wanted, shortfalls)?;
+            if wanted.contains(&path) {
+                continue;
+            }
+            let left = fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+            let root_procs = self.root.join("cgroup.procs");
+            for pid in left.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                match add_process(&root_procs, pid) {
+                    Err(e) if e.raw_os_error() != Some(libc::ESRCH) => shortfalls.push(Shortfall {
+                        path: root_procs.clone(),
+                        pid: Some(pid),
+                        error: e,
+                    }),
+                    _ => {}
+                }
+            }
+            // A real cgroup goes with rmdir; a look-alike directory holds plain files.
+            if let Err(error) = fs::remove_dir(&path) {
+                if fs::remove_dir_all(&path).is_err() {
+                    shortfalls.push(Shortfall {
+                        path,
+                        pid: None,
+                        error,
+                    });
                 }
             }
         }
@@ -385,8 +411,19 @@ mod tests {
             ],
             "each partition's own processes' use; the others have no figure"
         );
+        // A process the engine no longer places there is still in old's group.
+        fs::write(root.join("mempart/old/.own/cgroup.procs"), "99\n")
+            .unwrap_or_else(|e| panic!("{e}"));
         let shortfalls = mirror.apply(&nodes[..2]).unwrap_or_else(|e| panic!("{e}"));
         assert!(shortfalls.is_empty(), "{shortfalls:?}");
+        let back = fs::read_to_string(root.join("cgroup.procs")).unwrap_or_default();
+        let mut back: Vec<&str> = back.lines().collect();
+        back.sort_unstable();
+        assert_eq!(
+            back,
+            ["43", "99"],
+            "the removed groups' processes go back to the root group"
+        );
         assert!(!root.join("mempart/sys").exists());
         assert!(!root.join("mempart/old").exists());
         assert!(!root.join("mempart/apps/memory%2Emax").exists());
