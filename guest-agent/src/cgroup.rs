@@ -178,7 +178,7 @@ impl CgroupMirror {
             self.place(node, &base, &own, &mut shortfalls);
             wanted.insert(own);
         }
-        self.remove_stale(&base, &wanted, &mut shortfalls)?;
+        self.remove_stale(&base, &wanted, &failed, &mut shortfalls)?;
         Ok(shortfalls)
     }
 
@@ -283,21 +283,24 @@ impl CgroupMirror {
         self.group_of(pid).is_some_and(|g| g.starts_with(dir))
     }
 
-    /// Removes groups below `dir` that no partition wants, deepest first. Processes left
-    /// in one (the engine no longer knows them there) go back to the root group first;
-    /// a group that cannot be removed is a shortfall.
+    /// Removes groups below `dir` that no partition wants, deepest first, and leaves
+    /// the groups `left_alone` (ones that could not be configured) as they are, with
+    /// everything below them. Processes left in a removed group (the engine no longer
+    /// knows them there) go back to the root group first; a group that cannot be removed
+    /// is a shortfall.
     fn remove_stale(
         &self,
         dir: &Path,
         wanted: &BTreeSet<PathBuf>,
+        left_alone: &[PathBuf],
         shortfalls: &mut Vec<Shortfall>,
     ) -> io::Result<()> {
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
-            if !path.is_dir() {
+            if !path.is_dir() || left_alone.contains(&path) {
                 continue;
             }
-            self.remove_stale(&path, wanted, shortfalls)?;
+            self.remove_stale(&path, wanted, left_alone, shortfalls)?;
             if wanted.contains(&path) {
                 continue;
             }
@@ -517,8 +520,11 @@ mod tests {
     fn a_group_that_cannot_be_configured_is_reported_and_only_its_subtree_skipped() {
         let root = std::env::temp_dir().join(format!("mempart-cgroup-bad-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
-        // A directory where `bad`'s memory.max should be refuses the write.
-        fs::create_dir_all(root.join("mempart/bad/memory.max")).unwrap_or_else(|e| panic!("{e}"));
+        // A directory where `bad`'s memory.max should be refuses the write; what an
+        // earlier sync made below `bad` stays.
+        for made in ["mempart/bad/memory.max", "mempart/bad/.own"] {
+            fs::create_dir_all(root.join(made)).unwrap_or_else(|e| panic!("{e}"));
+        }
         let node = |rel: &str, pids: Vec<u32>| Node {
             rel: rel.into(),
             min: 0,
@@ -543,6 +549,7 @@ mod tests {
             !base.join("bad/kid").exists(),
             "nothing is made below a failed group"
         );
+        assert!(base.join("bad/.own").is_dir(), "nor removed");
         assert_eq!(
             fs::read_to_string(base.join("good/.own/cgroup.procs")).unwrap_or_default(),
             "42\n"
