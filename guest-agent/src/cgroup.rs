@@ -335,6 +335,16 @@ impl CgroupMirror {
 mod tests {
     use super::*;
 
+    /// A partition at `rel` with a 64 MiB max and these processes.
+    fn node(rel: &str, pids: Vec<u32>) -> Node {
+        Node {
+            rel: rel.into(),
+            min: 0,
+            max: 1 << 26,
+            pids,
+        }
+    }
+
     #[test]
     fn nodes_become_cgroups_with_limits_and_processes_and_stale_ones_go() {
         let root = std::env::temp_dir().join(format!("mempart-cgroup-{}", std::process::id()));
@@ -446,12 +456,6 @@ mod tests {
         ] {
             fs::create_dir_all(root.join(refusing)).unwrap_or_else(|e| panic!("{e}"));
         }
-        let node = |rel: &str, pids: Vec<u32>| Node {
-            rel: rel.into(),
-            min: 0,
-            max: 1 << 26,
-            pids,
-        };
         let nodes = vec![
             node("apps", vec![]),
             node("apps/db", vec![7]),
@@ -525,12 +529,6 @@ mod tests {
         for made in ["mempart/bad/memory.max", "mempart/bad/.own"] {
             fs::create_dir_all(root.join(made)).unwrap_or_else(|e| panic!("{e}"));
         }
-        let node = |rel: &str, pids: Vec<u32>| Node {
-            rel: rel.into(),
-            min: 0,
-            max: 1 << 26,
-            pids,
-        };
         let long = ".".repeat(255);
         let nodes = vec![
             node("bad", vec![]),
