@@ -65,6 +65,15 @@ fn open(path: &str) -> Op {
     }
 }
 
+/// Starts process `pid` in the partition at `path` alone.
+fn start_in(pid: mempart::Pid, path: &str) -> Op {
+    Op::ProcessStart {
+        pid,
+        parent: None,
+        spawn: Spawn::SetMpart(vec![path.into()]),
+    }
+}
+
 #[test]
 fn requests_carry_credentials_and_the_engine_decides() {
     let service = service();
@@ -142,12 +151,11 @@ fn processes_allocations_and_frees_go_through_the_service() {
         host.call(&Credential::Host, sandbox).expect("io"),
         Ok(Reply::Done)
     );
-    let start = Op::ProcessStart {
-        pid: 42,
-        parent: None,
-        spawn: Spawn::SetMpart(vec!["/partition/mem/fast/box".into()]),
-    };
-    assert_eq!(host.call(&root, start).expect("io"), Ok(Reply::Done));
+    assert_eq!(
+        host.call(&root, start_in(42, "/partition/mem/fast/box"))
+            .expect("io"),
+        Ok(Reply::Done)
+    );
     let alloc = |bytes| Op::Allocate {
         pid: 42,
         class: "fast".into(),
@@ -265,12 +273,11 @@ fn typed_grant(
             .expect("io"),
         Ok(Reply::Done)
     );
-    let start = Op::ProcessStart {
-        pid: 7,
-        parent: None,
-        spawn: Spawn::SetMpart(vec!["/partition/mem/fast/app".into()]),
-    };
-    assert_eq!(host.call(&root, start).expect("io"), Ok(Reply::Done));
+    assert_eq!(
+        host.call(&root, start_in(7, "/partition/mem/fast/app"))
+            .expect("io"),
+        Ok(Reply::Done)
+    );
     let alloc = Op::Allocate {
         pid: 7,
         class: "fast".into(),
@@ -347,11 +354,7 @@ fn events_are_pushed_in_order_with_sequence_numbers() {
     );
     let sub = subscribe(&mut watcher, "/partition/mem/sysram/p", 16);
     for pid in [7, 8] {
-        let start = Op::ProcessStart {
-            pid,
-            parent: None,
-            spawn: Spawn::SetMpart(vec!["/partition/mem/sysram/p".into()]),
-        };
+        let start = start_in(pid, "/partition/mem/sysram/p");
         assert_eq!(
             actor.call(&Credential::Host, start).expect("io"),
             Ok(Reply::Done)
