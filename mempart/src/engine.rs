@@ -170,6 +170,11 @@ impl Engine {
         self.parts.iter().map(|(key, _)| PartId(key)).collect()
     }
 
+    /// The class a partition belongs to.
+    pub fn class_of(&self, id: PartId) -> Result<ClassId> {
+        Ok(self.part(id)?.class)
+    }
+
     /// The full path of a partition.
     pub fn path_of(&self, id: PartId) -> Result<String> {
         let mut names = Vec::new();

@@ -199,7 +199,9 @@ fn each_association_of_a_process_takes_the_charges_of_its_class() {
     let mut grants = Vec::new();
     for (n, (id, path)) in ids.iter().zip(&paths).enumerate() {
         let bytes = (n as u64 + 1) * PAGE;
-        grants.push(ok(e.allocate(1, *id, bytes)));
+        let grant = ok(e.allocate(1, *id, bytes));
+        assert_eq!(e.class_of(grant.partition).ok(), Some(*id), "{path}");
+        grants.push(grant);
         assert_eq!(used(&e, path), bytes, "{path}");
     }
     for (grant, path) in grants.into_iter().zip(&paths).rev() {

@@ -499,8 +499,8 @@ impl PartitionService {
                 // free that names none of the process's would lower the charge while the
                 // guest keeps the memory.
                 let typed = self.typed.get().filter(|_| {
-                    e.partition_metrics(grant.partition)
-                        .is_ok_and(|m| m.class != mempart::SYSRAM)
+                    e.class_of(grant.partition)
+                        .is_ok_and(|c| Some(c) != e.class_id(mempart::SYSRAM))
                 });
                 if typed.is_some() && at.is_none() {
                     return Err(mempart::Error::new(
