@@ -26,7 +26,7 @@ pub struct Node {
 /// not delegated to a group's children, or a process not moved into its group.
 #[derive(Debug)]
 pub struct Shortfall {
-    /// The control file that refused the write.
+    /// The group or control file that refused.
     pub path: PathBuf,
     /// The process that stayed where it was, when a move failed.
     pub pid: Option<u32>,
