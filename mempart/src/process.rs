@@ -7,7 +7,7 @@ use crate::class::{ClassId, SYSRAM};
 use crate::engine::{notify, Engine};
 use crate::error::{Errno, Error, Result};
 use crate::events::EventKind;
-use crate::ledger::{Delta, Refusal};
+use crate::ledger::{Delta, Mode, Refusal};
 use crate::name::check_name;
 use crate::partition::PartId;
 use crate::pids::PID_LIMIT;
@@ -154,11 +154,27 @@ impl Engine {
         self.sys_partition(class)
     }
 
-    /// Registers process `pid` with identity `cred`, created by `parent` (none for the first).
-    /// A pid no Linux guest can have (at or above [`PID_LIMIT`]) is refused with `EINVAL`.
+    /// Registers process `pid` with identity `cred`, created by `parent` (none for the
+    /// first), as [`Engine::register`] with `cred` as both registrar and owner.
     pub fn process_start(
         &mut self,
         cred: &Credential,
+        pid: Pid,
+        parent: Option<Pid>,
+        spawn: &Spawn,
+    ) -> Result<()> {
+        self.register(cred, cred, pid, parent, spawn)
+    }
+
+    /// `registrar` registers process `pid`, owned by `owner`, created by `parent`. Like an
+    /// association, inheritance is checked: the registrar must control both the owner and
+    /// the parent (`EPERM`), and the child gets only what the parent holds or, under
+    /// `SETMPART` with names, what the owner may execute. A pid no Linux guest can have
+    /// (at or above [`PID_LIMIT`]) is refused with `EINVAL`. Nothing changes on a refusal.
+    pub fn register(
+        &mut self,
+        registrar: &Credential,
+        owner: &Credential,
         pid: Pid,
         parent: Option<Pid>,
         spawn: &Spawn,
@@ -168,6 +184,18 @@ impl Engine {
                 Errno::Einval,
                 pid_subject(pid),
                 format!("pids are below {PID_LIMIT}"),
+            ));
+        }
+        let owner_allowed = match (registrar, owner) {
+            (Credential::Host, _) => true,
+            (_, Credential::Host) => false,
+            (_, Credential::Guest { uid, .. }) => registrar.controls_uid(*uid),
+        };
+        if !owner_allowed {
+            return Err(Error::new(
+                Errno::Eperm,
+                pid_subject(pid),
+                "a process is registered for its own user only",
             ));
         }
         if self.procs.contains_key(pid) {
@@ -184,37 +212,72 @@ impl Engine {
                 format!("at most {MAX_PROCESSES} processes"),
             ));
         }
-        let parent = parent.map(|p| self.process(p)).transpose()?;
-        let mut targets: Vec<(PartId, bool)> = Vec::new();
+        let parent = parent
+            .map(|p| self.controlled_process(registrar, p))
+            .transpose()?;
+        let assocs = self.spawn_associations(owner, parent, spawn)?;
+        let members: Vec<PartId> = assocs.iter().map(|a| a.part).collect();
+        let process = Process {
+            cred: owner.clone(),
+            assocs,
+            retained: Vec::new(),
+        };
+        // The pid is below the limit and not tracked yet (both checked above).
+        if self.procs.insert(pid, process).is_err() {
+            return Err(Error::new(
+                Errno::Eexist,
+                pid_subject(pid),
+                "already tracked",
+            ));
+        }
+        for part in members {
+            self.add_member(part, pid);
+        }
+        Ok(())
+    }
+
+    /// The associations a process owned by `owner` starts with when `parent` (if any)
+    /// creates it as `spawn` says: one per class, sysram's `sys` when no other sysram
+    /// partition is named or inherited.
+    fn spawn_associations(
+        &self,
+        owner: &Credential,
+        parent: Option<&Process>,
+        spawn: &Spawn,
+    ) -> Result<SmallVec<[Assoc; 2]>> {
+        let sysram = self.class_id(SYSRAM);
+        let mut targets: Vec<PartId> = Vec::new();
         match (spawn, parent) {
             (Spawn::SetMpart(names), _) if !names.is_empty() => {
                 for name in names {
-                    for id in self.association_targets(cred, name)? {
-                        targets.push((id, false));
-                    }
+                    targets.extend(self.association_targets(owner, name)?);
                 }
             }
-            (Spawn::SetMpart(_), Some(parent)) => {
-                let sysram = self.class_id(SYSRAM);
-                targets.extend(
-                    parent
-                        .assocs
-                        .iter()
-                        .filter(|a| Some(a.class) == sysram && !a.no_inherit)
-                        .map(|a| (a.part, false)),
-                );
-            }
+            (Spawn::SetMpart(_), Some(parent)) => targets.extend(
+                parent
+                    .assocs
+                    .iter()
+                    .filter(|a| Some(a.class) == sysram && !a.no_inherit)
+                    .map(|a| a.part),
+            ),
             (Spawn::Inherit, Some(parent)) => targets.extend(
                 parent
                     .assocs
                     .iter()
                     .filter(|a| !a.no_inherit)
-                    .map(|a| (a.part, false)),
+                    .map(|a| a.part),
             ),
             (_, None) => {}
         }
+        self.one_per_class(targets)
+    }
+
+    /// Associations with `targets` (an error for two of one class), plus sysram's `sys`
+    /// when none of them is a sysram partition.
+    fn one_per_class(&self, targets: Vec<PartId>) -> Result<SmallVec<[Assoc; 2]>> {
+        let sysram = self.class_id(SYSRAM);
         let mut assocs: SmallVec<[Assoc; 2]> = SmallVec::with_capacity(targets.len() + 1);
-        for (id, no_inherit) in targets {
+        for id in targets {
             let class = self.part(id)?.class;
             if let Some(other) = assocs.iter().find(|a| a.class == class) {
                 if other.part == id {
@@ -232,11 +295,10 @@ impl Engine {
             assocs.push(Assoc {
                 part: id,
                 class,
-                no_inherit,
+                no_inherit: false,
                 charged: 0,
             });
         }
-        let sysram = self.class_id(SYSRAM);
         if !assocs.iter().any(|a| Some(a.class) == sysram) {
             let sys = self.sysram_sys()?;
             assocs.push(Assoc {
@@ -246,24 +308,7 @@ impl Engine {
                 charged: 0,
             });
         }
-        let members: Vec<PartId> = assocs.iter().map(|a| a.part).collect();
-        let process = Process {
-            cred: cred.clone(),
-            assocs,
-            retained: Vec::new(),
-        };
-        // The pid is below the limit and not tracked yet (both checked above).
-        if self.procs.insert(pid, process).is_err() {
-            return Err(Error::new(
-                Errno::Eexist,
-                pid_subject(pid),
-                "already tracked",
-            ));
-        }
-        for part in members {
-            self.add_member(part, pid);
-        }
-        Ok(())
+        Ok(assocs)
     }
 
     fn add_member(&mut self, part: PartId, pid: Pid) {
@@ -305,6 +350,64 @@ impl Engine {
             ));
         }
         Ok(proc)
+    }
+
+    /// Replaces every association of `pid` as a spawn with `SETMPART` and `names` sets
+    /// them (`mpctl run --only` before its exec): exactly the named partitions and groups,
+    /// each needing execute permission, or with no names only its sysram association.
+    /// Charges in partitions it leaves stay there until freed or until it exits; nothing
+    /// changes on a refusal.
+    pub fn replace_associations(
+        &mut self,
+        cred: &Credential,
+        pid: Pid,
+        names: &[String],
+    ) -> Result<()> {
+        let proc = self.controlled_process(cred, pid)?;
+        let targets = if names.is_empty() {
+            let sysram = self.class_id(SYSRAM);
+            proc.assocs
+                .iter()
+                .filter(|a| Some(a.class) == sysram)
+                .map(|a| a.part)
+                .collect()
+        } else {
+            let mut targets = Vec::new();
+            for name in names {
+                targets.extend(self.association_targets(cred, name)?);
+            }
+            targets
+        };
+        let mut fresh = self.one_per_class(targets)?;
+        let Some(proc) = self.procs.get_mut(pid) else {
+            return Err(no_process(pid));
+        };
+        let old = std::mem::take(&mut proc.assocs);
+        let joined: Vec<PartId> = fresh
+            .iter()
+            .map(|f| f.part)
+            .filter(|p| !old.iter().any(|a| a.part == *p))
+            .collect();
+        let mut left = Vec::new();
+        for a in old {
+            match fresh.iter_mut().find(|f| f.part == a.part) {
+                Some(kept) => *kept = a,
+                None => {
+                    if a.charged > 0 {
+                        retain(&mut proc.retained, a.part, a.charged);
+                    }
+                    left.push(a.part);
+                }
+            }
+        }
+        proc.assocs = fresh;
+        for part in left {
+            self.remove_member(part, pid);
+        }
+        for part in joined {
+            self.add_member(part, pid);
+        }
+        Ok(())
     }
 
     /// Associates process `pid` with the partition, pseudo partition or group at `path`,
@@ -525,22 +628,37 @@ impl Engine {
     }
 
     /// Process `pid` has exited: its private allocations are freed and it is disassociated.
-    /// Its shared objects stay.
+    /// Its shared objects stay. It completes or changes nothing: where the guest reported a
+    /// partition's use below what the process was charged there, the partition's own use
+    /// goes to zero rather than below it.
     pub fn process_exit(&mut self, pid: Pid) -> Result<()> {
-        let proc = self
-            .procs
-            .remove(pid)
-            .ok_or_else(|| Error::new(Errno::Esrch, pid_subject(pid), "no such process"))?;
+        let proc = self.process(pid)?;
+        let releases: Vec<(PartId, u64)> = proc
+            .assocs
+            .iter()
+            .map(|a| (a.part, a.charged))
+            .chain(proc.retained.iter().copied())
+            .filter(|&(_, bytes)| bytes > 0)
+            .collect();
+        for &(part, _) in &releases {
+            self.record(part)?;
+        }
+        let proc = self.procs.remove(pid).ok_or_else(|| no_process(pid))?;
+        for (part, bytes) in releases {
+            self.release(part, bytes)?;
+        }
         for a in &proc.assocs {
-            if a.charged > 0 {
-                self.shift_own(a.part, Delta::down(a.charged))?;
-            }
             self.remove_member(a.part, pid);
         }
-        for &(part, bytes) in &proc.retained {
-            self.shift_own(part, Delta::down(bytes))?;
-        }
         Ok(())
+    }
+
+    /// Takes `bytes` of a partition's own use back, or all of it where less is left.
+    /// Lowering own use breaks no invariant, so it fails only for a missing record.
+    fn release(&mut self, part: PartId, bytes: u64) -> Result<()> {
+        let r = self.record(part)?;
+        let (own, min) = (r.own(), r.limits().min);
+        self.set_own_min(part, own.saturating_sub(bytes), min, Mode::Checked)
     }
 
     /// Creates an empty shared-memory object `name` for `pid`, charged from now on to the

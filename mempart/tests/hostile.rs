@@ -233,3 +233,119 @@ fn partition_count_is_bounded() {
         Errno::Enomem
     );
 }
+
+/// An engine with a partition `victim` only uid 1001 may join, and its process 10 in it.
+fn victim_engine() -> Engine {
+    let mut e = ok(Engine::new(&[ClassSpec::new("sysram", 64 << 20)]));
+    let victim = "/partition/mem/sysram/victim";
+    ok(e.create(&HOST, victim, limits(16 << 20, 32 << 20)));
+    ok(e.chown(&HOST, victim, 1001, 1001));
+    ok(e.chmod(&HOST, victim, 0o700));
+    let owner = Credential::guest(1001, 1001);
+    ok(e.process_start(&owner, 10, None, &Spawn::SetMpart(vec![victim.into()])));
+    e
+}
+
+#[test]
+fn a_forged_inheritance_from_another_users_process_is_refused_and_changes_nothing() {
+    let mut e = victim_engine();
+    let before = e.clone();
+    let attacker = Credential::guest(1000, 1000);
+    assert_eq!(
+        errno(e.process_start(&attacker, 11, Some(10), &Spawn::Inherit)),
+        Errno::Eperm
+    );
+    assert_eq!(
+        errno(e.process_start(&attacker, 11, Some(10), &Spawn::SetMpart(Vec::new()))),
+        Errno::Eperm
+    );
+    assert_eq!(
+        errno(e.register(
+            &attacker,
+            &Credential::guest(1001, 1001),
+            11,
+            None,
+            &Spawn::Inherit
+        )),
+        Errno::Eperm,
+        "a registrar names an owner it controls"
+    );
+    assert_eq!(
+        errno(e.register(&Credential::guest_root(), &HOST, 11, None, &Spawn::Inherit)),
+        Errno::Eperm,
+        "a guest registrar cannot make a host-owned process"
+    );
+    assert!(e == before, "the refusals changed the engine");
+    // The agent (the guest superuser) registers a fork for the child's own user.
+    let child = Credential::guest(1001, 1001);
+    ok(e.register(
+        &Credential::guest_root(),
+        &child,
+        11,
+        Some(10),
+        &Spawn::Inherit,
+    ));
+    let view = ok(e.process_partitions(11));
+    assert_eq!(view.len(), 1);
+    assert_eq!(view[0].path, "/partition/mem/sysram/victim");
+    assert_eq!(
+        errno(e.may_act_for(&Credential::guest(1000, 1000), 11)),
+        Errno::Eperm
+    );
+}
+
+#[test]
+fn replacing_associations_needs_execute_on_each_and_keeps_charges_where_they_were() {
+    let mut e = victim_engine();
+    let open = "/partition/mem/sysram/open";
+    ok(e.create(&HOST, open, limits(0, 8 << 20)));
+    ok(e.chmod(&HOST, open, 0o777));
+    let me = Credential::guest(1000, 1000);
+    ok(e.process_start(&me, 20, None, &Spawn::Inherit));
+    let sysram = e.class_id("sysram").unwrap_or_else(|| panic!("sysram"));
+    let grant = ok(e.allocate(20, sysram, 2 * PAGE));
+    let before = e.clone();
+    let victim = "/partition/mem/sysram/victim".to_string();
+    assert_eq!(
+        errno(e.replace_associations(&me, 20, &[open.to_string(), victim])),
+        Errno::Eacces
+    );
+    assert_eq!(
+        errno(e.replace_associations(&me, 10, &[open.to_string()])),
+        Errno::Eperm,
+        "another user's process"
+    );
+    assert!(e == before, "the refusals changed the engine");
+    ok(e.replace_associations(&me, 20, &[open.to_string()]));
+    let view = ok(e.process_partitions(20));
+    assert_eq!(view.len(), 1);
+    assert_eq!(view[0].path, open);
+    assert_eq!(ok(e.retained_charges(20)), vec![grant]);
+    let sys = ok(e.metrics(&HOST, "/partition/mem/sysram/sys"));
+    assert!(!sys.processes.contains(&20), "{:?}", sys.processes);
+    assert_eq!(sys.own, 2 * PAGE, "the charge stays where it was made");
+    // No names: only the sysram association stays.
+    ok(e.replace_associations(&me, 20, &[]));
+    assert_eq!(ok(e.process_partitions(20))[0].path, open);
+    ok(e.process_exit(20));
+    assert_eq!(ok(e.metrics(&HOST, "/partition/mem/sysram/sys")).own, 0);
+}
+
+#[test]
+fn an_exit_after_a_report_below_the_charge_completes_and_leaves_nothing() {
+    let mut e = ok(Engine::new(&[ClassSpec::new("sysram", 64 << 20)]));
+    let apps = "/partition/mem/sysram/apps";
+    ok(e.create(&HOST, apps, limits(0, 32 << 20)));
+    let root = Credential::guest_root();
+    for (pid, report) in [(30, 0), (31, PAGE), (32, 3 * PAGE + 1)] {
+        ok(e.process_start(&root, pid, None, &Spawn::SetMpart(vec![apps.into()])));
+        let sysram = e.class_id("sysram").unwrap_or_else(|| panic!("sysram"));
+        ok(e.allocate(pid, sysram, 4 * PAGE));
+        ok(e.report_usage(&root, apps, report));
+        ok(e.process_exit(pid));
+        let m = ok(e.metrics(&HOST, apps));
+        assert!(m.processes.is_empty(), "pid {pid} stays a member");
+        assert_eq!(m.own, 0, "after a report of {report}");
+    }
+    ok(e.destroy(&HOST, apps));
+}

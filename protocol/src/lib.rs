@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of a hello: "MPRT".
 pub const MAGIC: [u8; 4] = *b"MPRT";
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// The largest frame either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
@@ -194,7 +194,9 @@ pub enum Op {
         /// The partition or class.
         path: String,
     },
-    /// Register a process.
+    /// Register a process (the guest agent, from the kernel's fork events; the agent
+    /// refuses it from its clients). The caller is the registrar: it must control the
+    /// parent and the owner.
     ProcessStart {
         /// The new process.
         pid: Pid,
@@ -202,6 +204,8 @@ pub enum Op {
         parent: Option<Pid>,
         /// How it gets its associations.
         spawn: Spawn,
+        /// Whose process it is; `None` for the caller's own.
+        owner: Option<Credential>,
     },
     /// A process exited.
     ProcessExit {
@@ -281,6 +285,14 @@ pub enum Op {
     Stat {
         /// Its path.
         path: String,
+    },
+    /// Replace every association of a process as a spawn with `SETMPART` would set them
+    /// (`mpctl run --only`): exactly `parts`, or with none only its sysram partition.
+    ReplaceAssociations {
+        /// The process.
+        pid: Pid,
+        /// Partitions and groups, each needing execute permission.
+        parts: Vec<String>,
     },
 }
 

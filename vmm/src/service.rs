@@ -378,11 +378,23 @@ impl PartitionService {
                 Reply::Done
             }
             Op::ResetHighest { path } => Reply::Highest(e.reset_highest(caller, &path)?),
-            Op::ProcessStart { pid, parent, spawn } => {
-                e.process_start(caller, pid, parent, &spawn)?;
+            Op::ProcessStart {
+                pid,
+                parent,
+                spawn,
+                owner,
+            } => {
+                e.register(
+                    caller,
+                    owner.as_ref().unwrap_or(caller),
+                    pid,
+                    parent,
+                    &spawn,
+                )?;
                 Reply::Done
             }
             Op::ProcessExit { pid } => {
+                e.may_act_for(caller, pid)?;
                 e.process_exit(pid)?;
                 self.revoke_all(pid);
                 Reply::Done
@@ -401,6 +413,10 @@ impl PartitionService {
                 no_inherit,
             } => {
                 e.set_no_inherit(caller, pid, &path, no_inherit)?;
+                Reply::Done
+            }
+            Op::ReplaceAssociations { pid, parts } => {
+                e.replace_associations(caller, pid, &parts)?;
                 Reply::Done
             }
             Op::ProcessView { pid } => Reply::Associations(e.process_partitions(pid)?),

@@ -320,11 +320,44 @@ fn run_associates_then_execs_and_children_inherit() {
 
 #[test]
 fn a_client_cannot_register_or_end_other_processes() {
+    use protocol::{Client, Op, Reply, Spawn};
     let rig = Rig::new("processes");
     let out = rig.mpctl(0, &["assoc", "/partition/mem/sysram/sys", "--pid", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("ESRCH"), "{stderr}");
+
+    // Ending and restarting itself would let a client inherit any process's partitions.
+    let me = std::process::id();
+    let mut client =
+        Client::connect(UnixStream::connect(rig.dir.join("agent.sock")).expect("agent"))
+            .expect("handshake");
+    let caller = Credential::guest(0, 0);
+    let before = client
+        .call(&caller, Op::ProcessView { pid: me })
+        .expect("io");
+    assert!(matches!(before, Ok(Reply::Associations(_))), "{before:?}");
+    let forged = [
+        Op::ProcessExit { pid: me },
+        Op::ProcessStart {
+            pid: me,
+            parent: Some(1),
+            spawn: Spawn::Inherit,
+            owner: None,
+        },
+    ];
+    for op in forged {
+        let reply = client.call(&caller, op).expect("io");
+        assert!(matches!(&reply, Err(e) if e.name == "EPERM"), "{reply:?}");
+    }
+    let after = client
+        .call(&caller, Op::ProcessView { pid: me })
+        .expect("io");
+    assert_eq!(
+        format!("{after:?}"),
+        format!("{before:?}"),
+        "nothing changed"
+    );
 }
 
 #[test]
@@ -506,6 +539,38 @@ fn mpctl_follows_events_in_order_through_the_agent() {
     assert!(rest[2].starts_with("3 ChildDestroyed"), "{rest:?}");
 }
 
+/// A client guesses subscription ids, among them the agent's own (checked on the engine),
+/// and asks the agent to end them: each is refused and none ends.
+fn forge_unsubscribes_of_the_agents_subscriptions(rig: &Rig) {
+    use protocol::{Client, Op};
+    let guesses: Vec<mempart::SubId> = (0..8u32)
+        .flat_map(|index| (0..4u32).map(move |generation| (index, generation)))
+        .map(|(index, generation)| {
+            serde_json::from_value(serde_json::json!({"index": index, "generation": generation}))
+                .expect("a subscription id")
+        })
+        .collect();
+    let live = {
+        let mut engine = rig.engine.lock().expect("engine");
+        guesses
+            .iter()
+            .filter(|sub| engine.drain_events(**sub).is_ok())
+            .count()
+    };
+    assert!(live > 0, "the guesses include the agent's subscriptions");
+    let stream = UnixStream::connect(rig.dir.join("agent.sock")).expect("agent");
+    let mut client = Client::connect(stream).expect("handshake");
+    for sub in guesses {
+        let reply = client
+            .call(&Credential::guest(1000, 1000), Op::Unsubscribe { sub })
+            .expect("io");
+        assert!(
+            matches!(&reply, Err(e) if e.name == "ENOENT"),
+            "{sub:?}: {reply:?}"
+        );
+    }
+}
+
 /// The agent reports each mirrored partition's use from `memory.current`, and a host
 /// reclaim reaches the guest: the lower max lands in `memory.max` and the use reported
 /// after it lets the reclaim take effect.
@@ -549,6 +614,8 @@ fn the_agent_reports_cgroup_use_and_mirrors_a_host_reclaim() {
     let reclaimer =
         vmm::reclaim::Reclaimer::new(Arc::clone(&rig.engine), rig.service.clone(), handle);
 
+    forge_unsubscribes_of_the_agents_subscriptions(&rig);
+
     std::fs::write(&current, format!("{}\n", 40 * MIB)).expect("memory.current");
     reclaimer
         .set_limits(APPS, None, Some(48 * MIB))
@@ -561,6 +628,13 @@ fn the_agent_reports_cgroup_use_and_mirrors_a_host_reclaim() {
             up: true
         },
         "the agent reported the cgroup's use after the change"
+    );
+    let max = std::fs::read_to_string(rig.dir.join("cgroup/mempart/apps/memory.max"))
+        .expect("memory.max");
+    assert_eq!(
+        max,
+        format!("{}\n", 48 * MIB),
+        "the agent still follows the host's changes"
     );
 
     std::fs::write(&current, format!("{}\n", 10 * MIB)).expect("memory.current");

@@ -275,6 +275,7 @@ fn typed_allocations_through_the_service_are_backed_by_granted_extents() {
         pid: 9,
         parent: None,
         spawn: Spawn::SetMpart(vec!["/partition/mem/fast/sys".into()]),
+        owner: None,
     };
     assert_eq!(client.call(&root, start).expect("io"), Ok(Reply::Done));
     let base = handle.class_base("fast").expect("fast");

@@ -268,6 +268,7 @@ fn typed_reclaim_asks_the_owner_then_takes_back_the_newest_extent() {
         pid: 9,
         parent: None,
         spawn,
+        owner: None,
     };
     assert_eq!(call(&mut client, op), Reply::Done);
     let op = Op::Subscribe {

@@ -71,6 +71,7 @@ fn start_in(pid: mempart::Pid, path: &str) -> Op {
         pid,
         parent: None,
         spawn: Spawn::SetMpart(vec![path.into()]),
+        owner: None,
     }
 }
 

@@ -248,7 +248,7 @@ impl Agent {
                 | Op::SetLimits { .. }
                 | Op::Associate { .. }
                 | Op::Disassociate { .. }
-                | Op::ProcessStart { .. }
+                | Op::ReplaceAssociations { .. }
         );
         self.send(
             Route::Client {
@@ -521,14 +521,47 @@ impl Agent {
                 pid: fork.child,
                 parent: Some(fork.parent),
                 spawn: Spawn::Inherit,
+                owner: Some(Credential::Guest {
+                    uid,
+                    gid,
+                    groups: groups_of(fork.child),
+                }),
             };
             let registered = self
-                .send(Route::Drop, &Credential::guest(uid, gid), start)
+                .send(Route::Drop, &Credential::guest_root(), start)
                 .and_then(|()| self.watch_exit(fork.child));
             if let Err(e) = registered {
                 eprintln!("mempart-agent: pid {}: {e:#}", fork.child);
             }
         }
+    }
+
+    /// Why the agent answers `op` from `client` itself instead of forwarding it: only the
+    /// agent registers processes and reports their exits, and a client ends only its own
+    /// subscriptions (the agent's upstream connection holds everyone's).
+    fn refusal_of(&self, client: u64, op: &Op) -> Option<WireError> {
+        let (errno, name, message) = match op {
+            Op::ProcessStart { .. } | Op::ProcessExit { .. } => (
+                1,
+                "EPERM",
+                "processes are registered by the agent from the kernel's fork events".to_string(),
+            ),
+            Op::Unsubscribe { sub }
+                if lock(&self.routes).subscriptions.get(sub) != Some(&client) =>
+            {
+                (
+                    2,
+                    "ENOENT",
+                    format!("{sub:?}: not a subscription of this client"),
+                )
+            }
+            _ => return None,
+        };
+        Some(WireError {
+            errno,
+            name: name.into(),
+            message: format!("{name}: agent: {message}"),
+        })
     }
 
     /// Serves one local client until it leaves; without a `seat` (too many clients) it is
@@ -582,11 +615,12 @@ impl Agent {
         if let Some(parent) = register {
             self.send(
                 Route::Drop,
-                &caller,
+                &Credential::guest_root(),
                 Op::ProcessStart {
                     pid: peer.pid,
                     parent,
                     spawn: Spawn::Inherit,
+                    owner: Some(caller.clone()),
                 },
             )?;
             self.watch_exit(peer.pid)?;
@@ -600,18 +634,7 @@ impl Agent {
             let ClientFrame::Request { id, op, .. } = frame else {
                 break Ok(());
             };
-            let own = |pid: &u32| *pid == peer.pid;
-            let allowed = match &op {
-                Op::ProcessStart { pid, .. } | Op::ProcessExit { pid } => own(pid),
-                _ => true,
-            };
-            if !allowed {
-                let refusal = protocol::WireError {
-                    errno: 1,
-                    name: "EPERM".into(),
-                    message: "EPERM: agent: processes are registered by the agent, each for itself"
-                        .into(),
-                };
+            if let Some(refusal) = self.refusal_of(client, &op) {
                 outbox.push(ServerFrame::Response {
                     id,
                     result: Err(refusal),

@@ -13,7 +13,7 @@ use guest_agent::{DEFAULT_SOCKET, SOCKET_ENV};
 use protocol::cli::{parse_mode, NodeVerb};
 use protocol::{
     parse_size, Client, Credential, EntryKind, EventFilter, Grant, Limits, Op, PartitionMetrics,
-    Reply, ServerFrame, Spawn, WireError, UNLIMITED,
+    Reply, ServerFrame, WireError, UNLIMITED,
 };
 
 /// Browse and shape memory partitions from inside the guest.
@@ -394,28 +394,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let me = std::process::id();
             if only {
-                // Registered as an ordinary child when it connected: start over as one
-                // spawned with SETMPART.
-                // An untracked parent has nothing to pass on.
-                let parent = call(Op::ProcessView { pid: parent })
-                    .is_ok()
-                    .then_some(parent);
-                call(Op::ProcessExit { pid: me })?;
-                let restarted = call(Op::ProcessStart {
-                    pid: me,
-                    parent,
-                    spawn: Spawn::SetMpart(parts),
-                });
-                if let Err(e) = restarted {
-                    // Refused (e.g. no execute permission on a part): be tracked as an
-                    // ordinary child again before saying why.
-                    let _ = call(Op::ProcessStart {
-                        pid: me,
-                        parent,
-                        spawn: Spawn::Inherit,
-                    });
-                    return Err(e);
-                }
+                call(Op::ReplaceAssociations { pid: me, parts })?;
             } else {
                 for part in parts {
                     call(Op::Associate {
