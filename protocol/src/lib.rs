@@ -51,7 +51,7 @@ pub enum ProtocolError {
     /// A frame that does not decode.
     #[error("a frame does not decode: {0}")]
     Decode(String),
-    /// A value that does not encode (or encodes over the limit).
+    /// A value that does not encode.
     #[error("a frame does not encode: {0}")]
     Encode(String),
     /// The handshake failed.
@@ -353,14 +353,12 @@ impl std::fmt::Display for WireError {
     }
 }
 
-/// Writes one frame: a `u32` length and the postcard bytes of `value`.
+/// Writes one frame: a `u32` length and the postcard bytes of `value`. A value that
+/// encodes over [`MAX_FRAME`] is [`ProtocolError::TooLarge`] and nothing is written.
 pub fn write_frame<W: Write, T: Serialize>(w: &mut W, value: &T) -> Result<(), ProtocolError> {
     let bytes = postcard::to_stdvec(value).map_err(|e| ProtocolError::Encode(e.to_string()))?;
     if bytes.len() > MAX_FRAME {
-        return Err(ProtocolError::Encode(format!(
-            "{} bytes is over the {MAX_FRAME}-byte limit",
-            bytes.len()
-        )));
+        return Err(ProtocolError::TooLarge(bytes.len()));
     }
     let len = u32::try_from(bytes.len()).map_err(|_| ProtocolError::TooLarge(bytes.len()))?;
     let mut frame = Vec::with_capacity(4 + bytes.len());
@@ -589,10 +587,12 @@ mod tests {
                 path: "x".repeat(MAX_FRAME),
             },
         };
+        let mut sink = Vec::new();
         assert!(matches!(
-            write_frame(&mut Vec::new(), &huge),
-            Err(ProtocolError::Encode(_))
+            write_frame(&mut sink, &huge),
+            Err(ProtocolError::TooLarge(n)) if n > MAX_FRAME
         ));
+        assert!(sink.is_empty(), "nothing of an oversized frame is written");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use mempart::{Credential, Engine, Errno, NewPartition, SubId};
 use protocol::{
     read_frame, write_frame, ClientFrame, Op, ProtocolError, Reply, ServerFrame, WireError, MAGIC,
-    VERSION,
+    MAX_FRAME, VERSION,
 };
 
 /// Most subscriptions one connection may hold.
@@ -52,6 +52,39 @@ pub enum Authority {
     /// The guest agent: requests carry guest credentials only.
     Guest,
 }
+
+/// Writes the answer to request `id`. An answer too large for one frame (a listing of
+/// hundreds of long names) becomes `EOVERFLOW` for that request alone: the connection,
+/// which the agent shares among all guest users, stays up.
+fn respond<W: Write>(
+    writer: &mut W,
+    id: u32,
+    result: Result<Reply, WireError>,
+) -> Result<(), ProtocolError> {
+    match write_frame(writer, &ServerFrame::Response { id, result }) {
+        Err(ProtocolError::TooLarge(bytes)) => {
+            let refusal = WireError {
+                errno: EOVERFLOW,
+                name: "EOVERFLOW".into(),
+                message: format!(
+                    "EOVERFLOW: the reply of {bytes} bytes is over the {MAX_FRAME}-byte frame \
+                     limit; ask for less (a deeper path)"
+                ),
+            };
+            write_frame(
+                writer,
+                &ServerFrame::Response {
+                    id,
+                    result: Err(refusal),
+                },
+            )
+        }
+        written => written,
+    }
+}
+
+/// Linux's errno for a value too large for its destination.
+const EOVERFLOW: i32 = 75;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -255,8 +288,7 @@ impl PartitionService {
             if !reads_only {
                 self.changed();
             }
-            if let Err(e) = write_frame(&mut *lock(&writer), &ServerFrame::Response { id, result })
-            {
+            if let Err(e) = respond(&mut *lock(&writer), id, result) {
                 break e;
             }
         };

@@ -1198,3 +1198,39 @@ fn a_silent_client_is_cut_off_and_its_seat_freed() {
     );
     assert!(matches!(listing, Ok(Ok(_))), "{listing:?}");
 }
+
+/// A client fills a partition with long-named children (any user with `w` on one can):
+/// listing them is too large for a frame and gets `EOVERFLOW`, while the agent's one
+/// upstream connection, shared by every guest user, stays up for that client and others.
+#[test]
+fn a_listing_too_large_for_a_frame_is_an_error_for_that_request_only() {
+    use protocol::{Client, Limits, Op, Reply, MAX_FRAME};
+    const BOX: &str = "/partition/mem/fast/box";
+    let rig = Rig::new("listing");
+    rig.ok(0, &["create", BOX]);
+    let mut client =
+        Client::connect(UnixStream::connect(rig.dir.join("agent.sock")).expect("agent"))
+            .expect("handshake");
+    let caller = Credential::guest(0, 0);
+    let children = MAX_FRAME / 250 + 40;
+    for n in 0..children {
+        let op = Op::Create {
+            path: format!("{BOX}/p{n:0>249}"),
+            limits: Limits::default(),
+            mode: 0o755,
+        };
+        let created = client.call(&caller, op).expect("io");
+        assert!(created.is_ok(), "child {n}: {created:?}");
+    }
+    let listed = client
+        .call(&caller, Op::List { path: BOX.into() })
+        .expect("io");
+    assert!(
+        matches!(&listed, Err(e) if e.name == "EOVERFLOW"),
+        "{listed:?}"
+    );
+    let child = format!("{BOX}/p{:0>249}", 0);
+    let next = client.call(&caller, Op::Metrics { path: child }).expect("io");
+    assert!(matches!(next, Ok(Reply::Metrics(_))), "{next:?}");
+    assert!(rig.ok(1001, &["ls", "/partition/mem"]).contains("fast"));
+}
