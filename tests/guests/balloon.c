@@ -1,7 +1,9 @@
 /* A minimal virtio-mmio balloon driver: probe, negotiate VERSION_1 only, set up the
- * inflate and deflate queues, read the target, inflate that many touched pages, then
- * deflate them and check they are usable again. The host steps it through MAILBOX. */
+ * inflate and deflate queues, read the target, inflate that many touched pages (and the
+ * same pages REPEATS times more), then deflate them and check they are usable again. The host steps it through MAILBOX. */
 #include "balloon.h"
+
+#define REPEATS 20
 
 void __attribute__((section(".text.start"))) _start(u64 cpu, u64 zero_page) {
     (void)cpu;
@@ -19,6 +21,8 @@ void __attribute__((section(".text.start"))) _start(u64 cpu, u64 zero_page) {
     puts("guest: touched\n");
     while (*word(MAILBOX) != 1) __asm__ volatile("pause");
     send_pfns(0, INFLATE_Q, target);
+    /* A hostile driver inflates the same pages again: the host must count them once. */
+    for (u32 again = 0; again < REPEATS; again++) send_pfns(0, INFLATE_Q, target);
     *reg(0x104) = target;
     puts("guest: inflated\n");
     while (*word(MAILBOX) != 2) __asm__ volatile("pause");

@@ -1230,7 +1230,9 @@ fn a_listing_too_large_for_a_frame_is_an_error_for_that_request_only() {
         "{listed:?}"
     );
     let child = format!("{BOX}/p{:0>249}", 0);
-    let next = client.call(&caller, Op::Metrics { path: child }).expect("io");
+    let next = client
+        .call(&caller, Op::Metrics { path: child })
+        .expect("io");
     assert!(matches!(next, Ok(Reply::Metrics(_))), "{next:?}");
     assert!(rig.ok(1001, &["ls", "/partition/mem"]).contains("fast"));
 }

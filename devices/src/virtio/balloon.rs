@@ -4,9 +4,11 @@
 // Giving guest pages back to the host is an madvise on memory Rust cannot reason about.
 #![allow(unsafe_code)]
 
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
@@ -50,13 +52,14 @@ pub struct BalloonStatus {
     pub target_pages: u32,
     /// Pages the guest says the balloon holds.
     pub actual_pages: u32,
-    /// Pages inflated and released to the host, minus pages deflated.
+    /// Pages the balloon holds: each inflated page counts once, until deflated.
     pub inflated_pages: u64,
     /// Bytes the guest reported free and the host released.
     pub reported_bytes: u64,
     /// Latest statistics by tag (swap in/out, major/minor faults, free, total, …).
     pub stats: [Option<u64>; STAT_TAGS],
-    /// Requests refused: page numbers outside guest memory, wrong descriptor direction,
+    /// Requests refused: page numbers outside guest memory, a page inflated while the
+    /// balloon holds it or deflated while it does not, wrong descriptor direction,
     /// lengths that are not whole entries.
     pub rejected: u64,
 }
@@ -128,6 +131,58 @@ pub struct Balloon {
     mem: Option<GuestMemoryMmap>,
     queues: Vec<(Role, Queue)>,
     stats_head: Option<u16>,
+    held: HeldPages,
+}
+
+/// Which pages the balloon holds, one bit per 4 KiB page of each region of guest memory:
+/// the count follows the pages, not the guest's requests, so a page inflated again
+/// counts once.
+#[derive(Default)]
+struct HeldPages(Vec<(GuestAddress, u64, AtomicBitmap)>);
+
+impl HeldPages {
+    /// No page held, for the regions of `mem`.
+    fn of(mem: &GuestMemoryMmap) -> HeldPages {
+        let page = NonZeroUsize::new(BALLOON_PAGE as usize).unwrap_or(NonZeroUsize::MIN);
+        HeldPages(
+            mem.iter()
+                .map(|r| {
+                    let len = r.len();
+                    let bits = AtomicBitmap::new(usize::try_from(len).unwrap_or(0), page);
+                    (r.start_addr(), len, bits)
+                })
+                .collect(),
+        )
+    }
+
+    /// The bitmap and offset of the page at `gpa`.
+    fn find(&self, gpa: u64) -> Option<(&AtomicBitmap, usize)> {
+        self.0.iter().find_map(|(start, len, bits)| {
+            let offset = gpa.checked_sub(start.0).filter(|o| o < len)?;
+            Some((bits, usize::try_from(offset).ok()?))
+        })
+    }
+
+    fn is_held(&self, gpa: u64) -> bool {
+        self.find(gpa).is_some_and(|(bits, o)| bits.is_addr_set(o))
+    }
+
+    fn hold(&self, gpa: u64) {
+        if let Some((bits, o)) = self.find(gpa) {
+            bits.set_addr_range(o, BALLOON_PAGE as usize);
+        }
+    }
+
+    /// Lets the page at `gpa` go; whether the balloon held it.
+    fn give_back(&self, gpa: u64) -> bool {
+        match self.find(gpa) {
+            Some((bits, o)) if bits.is_addr_set(o) => {
+                bits.reset_addr_range(o, BALLOON_PAGE as usize);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Balloon {
@@ -147,6 +202,7 @@ impl Balloon {
             mem: None,
             queues: Vec::new(),
             stats_head: None,
+            held: HeldPages::default(),
         };
         (balloon, handle)
     }
@@ -177,7 +233,8 @@ impl Balloon {
             match role {
                 Role::Inflate | Role::Deflate => {
                     changed = true;
-                    page_numbers(&mem, chain, role == Role::Inflate, &mut shared.status)
+                    let inflate = role == Role::Inflate;
+                    page_numbers(&mem, chain, inflate, &self.held, &mut shared.status)
                 }
                 Role::Reporting => {
                     changed = true;
@@ -234,6 +291,7 @@ fn page_numbers(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     inflate: bool,
+    held: &HeldPages,
     status: &mut BalloonStatus,
 ) {
     for desc in chain {
@@ -256,13 +314,16 @@ fn page_numbers(
                 continue;
             }
             if inflate {
-                if release(mem, gpa, BALLOON_PAGE) {
+                if !held.is_held(gpa) && release(mem, gpa, BALLOON_PAGE) {
+                    held.hold(gpa);
                     status.inflated_pages += 1;
                 } else {
                     status.rejected += 1;
                 }
-            } else {
+            } else if held.give_back(gpa) {
                 status.inflated_pages = status.inflated_pages.saturating_sub(1);
+            } else {
+                status.rejected += 1;
             }
         }
     }
@@ -369,6 +430,7 @@ impl VirtioDevice for Balloon {
             });
         }
         self.queues = roles.into_iter().zip(activation.queues).collect();
+        self.held = HeldPages::of(&activation.mem);
         self.mem = Some(activation.mem);
         lock(&self.shared).interrupt = Some(activation.interrupt);
         Ok(())
@@ -392,9 +454,12 @@ impl VirtioDevice for Balloon {
         self.queues.clear();
         self.mem = None;
         self.stats_head = None;
+        // The guest owns all its memory again after a reset.
+        self.held = HeldPages::default();
         let mut shared = lock(&self.shared);
         shared.interrupt = None;
         shared.status.actual_pages = 0;
+        shared.status.inflated_pages = 0;
     }
 }
 
@@ -520,6 +585,45 @@ mod tests {
         r.balloon.queue_notified(1);
         assert_eq!(r.handle.status().inflated_pages, 1);
         assert_eq!(r.handle.status().rejected, 0);
+    }
+
+    #[test]
+    fn a_page_counts_once_however_often_it_is_inflated() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        let entries = 256u64;
+        for i in 0..entries {
+            mem.write_obj(0x200u32.to_le(), GuestAddress(DATA + 4 * i))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        mem.write_obj(0x300u32.to_le(), GuestAddress(DATA + 4 * entries))
+            .unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..4 {
+            r.queues[0]
+                .add_desc_chains(&chain(&[desc(DATA, 4 * entries as u32, 0)]), 0)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            r.balloon.queue_notified(0);
+        }
+        let s = r.handle.status();
+        assert_eq!((s.inflated_pages, s.rejected), (1, 4 * entries - 1));
+        // Page 0x300 was never inflated: deflating it gives nothing back.
+        r.queues[1]
+            .add_desc_chains(&chain(&[desc(DATA + 4 * (entries - 1), 8, 0)]), 0)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        r.balloon.queue_notified(1);
+        let s = r.handle.status();
+        assert_eq!((s.inflated_pages, s.rejected), (0, 4 * entries));
+        r.queues[0]
+            .add_desc_chains(&chain(&[desc(DATA, 4, 0)]), 0)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        r.balloon.queue_notified(0);
+        assert_eq!(r.handle.status().inflated_pages, 1);
+        r.balloon.reset();
+        assert_eq!(
+            r.handle.status().inflated_pages,
+            0,
+            "a reset gives the guest its pages back"
+        );
     }
 
     #[test]
