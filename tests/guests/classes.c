@@ -1,6 +1,9 @@
 /* Touches typed memory: a granted extent is written and read, an ungranted one is
- * refused, and after the host revokes the extent it is refused too. */
+ * refused, and after the host revokes the extent it is refused too; then a flood of
+ * ungranted reads. */
 #include "guest.h"
+
+#define FLOOD 10000
 
 void __attribute__((section(".text.start"))) _start(u64 cpu, u64 zero_page) {
     (void)cpu;
@@ -26,6 +29,12 @@ void __attribute__((section(".text.start"))) _start(u64 cpu, u64 zero_page) {
     u64 after = *word(base);
     puts("guest: after revoke ");
     puthex(after);
+    puts("\n");
+    /* A hostile kernel reads ungranted memory in a loop: the host must stay bounded. */
+    u64 flood = 0;
+    for (u64 i = 0; i < FLOOD; i++) flood |= *word(base + (2UL << 20) + 8 * (i % 512));
+    puts("guest: flooded ");
+    puthex(flood);
     puts("\n");
     reset();
 }

@@ -221,7 +221,7 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
         (Method::Get, "/config") => json_answer(config.clone()),
         (Method::Get, "/metrics") => Ok(Reply {
             status: 200,
-            body: vm.with_engine(prometheus) + &resident_gauge(vm),
+            body: vm.with_engine(prometheus) + &resident_gauge(vm) + &violation_counter(vm),
             content_type: "text/plain; version=0.0.4",
         }),
         (Method::Get, "/reclaim") => json_answer(json!(vm.reclaimer().list())),
@@ -499,6 +499,18 @@ fn resident_gauge(vm: &VmHandle) -> String {
         if let Some(bytes) = vm.resident(&class) {
             out.push_str(&format!("{name}{{class=\"{}\"}} {bytes}\n", label(&class)));
         }
+    }
+    out
+}
+
+/// Guest accesses to ungranted class memory, per class, as a Prometheus counter.
+fn violation_counter(vm: &VmHandle) -> String {
+    let name = "mempart_class_violations_total";
+    let mut out = format!(
+        "# HELP {name} Guest accesses to class memory that was not granted.\n# TYPE {name} counter\n"
+    );
+    for (class, count) in vm.violation_counts().1 {
+        out.push_str(&format!("{name}{{class=\"{}\"}} {count}\n", label(&class)));
     }
     out
 }

@@ -8,7 +8,9 @@ pub mod ctl;
 pub mod memory;
 pub mod reclaim;
 pub mod service;
+pub mod violations;
 pub mod vm;
 
 pub use config::{SerialOut, VmConfig};
-pub use vm::{Backend, Violation, Vm, VmError, VmExit, VmHandle};
+pub use violations::Violation;
+pub use vm::{Backend, Vm, VmError, VmExit, VmHandle};

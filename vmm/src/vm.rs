@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use devices::virtio::balloon::{Balloon, BalloonHandle, BalloonStatus};
 use devices::virtio::console::{AgentChannel, Console};
@@ -20,7 +20,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use mempart::topology::Topology;
-use mempart::{ClassId, ClassSpec, Engine};
+use mempart::{ClassSpec, Engine};
 use vm_memory::{Bytes, GuestAddress};
 use vm_superio::{Serial, Trigger};
 
@@ -32,6 +32,7 @@ use crate::config::{AgentEnd, SerialOut, VmConfig};
 use crate::memory::{class_bases, ClassRegion, MemoryError, Sysram};
 use crate::reclaim::Reclaimer;
 use crate::service::{Authority, PartitionService};
+use crate::violations::{LogLine, Violation, ViolationLog};
 
 /// The COM1 ports.
 const COM1: u16 = 0x3f8;
@@ -202,17 +203,6 @@ impl Trigger for IrqTrigger {
 
 type SerialConsole = Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
 
-/// A guest access to class memory that was not granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Violation {
-    /// The class.
-    pub class: ClassId,
-    /// Guest-physical address.
-    pub gpa: u64,
-    /// Whether it was a write.
-    pub write: bool,
-}
-
 /// State shared by the vCPU threads and the VM's handles.
 struct Shared {
     vm: VmFd,
@@ -220,7 +210,7 @@ struct Shared {
     classes: Mutex<Vec<ClassRegion>>,
     engine: Arc<Mutex<Engine>>,
     service: PartitionService,
-    violations: Mutex<Vec<Violation>>,
+    violations: Mutex<ViolationLog>,
     free_slots: Mutex<(u32, Vec<u32>)>,
     max_slots: u32,
     stop: AtomicBool,
@@ -439,7 +429,7 @@ impl Vm {
                 classes: Mutex::new(regions),
                 service,
                 engine,
-                violations: Mutex::new(Vec::new()),
+                violations: Mutex::new(ViolationLog::default()),
                 free_slots: Mutex::new((next_slot, Vec::new())),
                 max_slots,
                 stop: AtomicBool::new(false),
@@ -813,13 +803,21 @@ fn mmio(shared: &Shared, gpa: u64, write: bool) {
     let Some((_, name)) = class else { return };
     let engine_class = lock(&shared.engine).class_id(&name);
     let Some(class) = engine_class else { return };
-    eprintln!(
-        "mempart-vmm: violation: guest {} class {name:?} memory at 0x{gpa:x}, which is not granted",
-        if write { "wrote" } else { "read" }
-    );
+    let violation = Violation { class, gpa, write };
+    let line = lock(&shared.violations).record(violation, Instant::now());
+    if let LogLine::Log { unlogged_before } = line {
+        let unlogged = if unlogged_before > 0 {
+            format!(" ({unlogged_before} more since the last line, not logged)")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "mempart-vmm: violation: guest {} class {name:?} memory at 0x{gpa:x}, which is not granted{unlogged}",
+            if write { "wrote" } else { "read" }
+        );
+    }
     let _ = lock(&shared.engine).report_violation(class, gpa);
     shared.service.changed();
-    lock(&shared.violations).push(Violation { class, gpa, write });
 }
 
 impl VmHandle {
@@ -949,9 +947,26 @@ impl VmHandle {
         &self.shared.agent
     }
 
-    /// Every violation seen so far.
+    /// The latest violations, oldest first (at most [`RECENT_VIOLATIONS`]).
+    ///
+    /// [`RECENT_VIOLATIONS`]: crate::violations::RECENT_VIOLATIONS
     pub fn violations(&self) -> Vec<Violation> {
-        lock(&self.shared.violations).clone()
+        lock(&self.shared.violations).recent()
+    }
+
+    /// Violations since the VM started: in all and per class name.
+    pub fn violation_counts(&self) -> (u64, Vec<(String, u64)>) {
+        let log = lock(&self.shared.violations);
+        let engine = lock(&self.shared.engine);
+        let by_class = engine
+            .class_names()
+            .into_iter()
+            .filter_map(|name| {
+                let count = log.of_class(engine.class_id(&name)?);
+                Some((name, count))
+            })
+            .collect();
+        (log.total(), by_class)
     }
 
     /// Backend, classes and where they sit, as JSON.
@@ -965,11 +980,13 @@ impl VmHandle {
                 })
             })
             .collect();
+        let (violations, _) = self.violation_counts();
         serde_json::json!({
             "backend": Backend::detect().name(),
             "sysram": self.shared.sysram.size,
             "sysram_resident": self.shared.sysram.resident(),
             "classes": classes,
+            "violations": violations,
         })
     }
 

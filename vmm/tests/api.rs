@@ -238,6 +238,18 @@ fn every_endpoint_and_malformed_requests() {
         matches!(resident("sysram"), Some(prometheus_parse::Value::Gauge(r)) if r > 0.0),
         "{metrics}"
     );
+    let violations = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "mempart_class_violations_total" && s.labels.get("class") == Some("fast")
+        })
+        .map(|s| s.value.clone());
+    assert_eq!(
+        violations,
+        Some(prometheus_parse::Value::Counter(0.0)),
+        "{metrics}"
+    );
 
     assert_eq!(
         http(&sock, "PUT", "/balloon", r#"{"target_pages": 256}"#).0,

@@ -70,12 +70,27 @@ fn typed_memory_is_usable_where_granted_refused_elsewhere_and_gone_after_revoke(
         .expect("mailbox");
 
     assert_eq!(next_line(&rx), "guest: after revoke 0xffffffffffffffff");
+    assert_eq!(next_line(&rx), "guest: flooded 0xffffffffffffffff");
     let exit = running.join().expect("vm thread").expect("vm ran");
     assert_eq!(exit, VmExit::Reset);
     assert_eq!(exit.code(), 0);
-    assert_eq!(handle.violations().last().map(|v| v.gpa), Some(base));
+    // The flood is counted exactly while what is kept of it stays bounded.
+    const FLOOD: u64 = 10_000;
+    let recent = handle.violations();
+    assert_eq!(recent.len(), vmm::violations::RECENT_VIOLATIONS);
+    assert_eq!(
+        recent.last().map(|v| v.gpa),
+        Some(base + 2 * MIB + 8 * ((FLOOD - 1) % 512))
+    );
     let class = handle.with_engine(|e| e.class_id("fast")).expect("class");
-    assert!(handle.violations().iter().all(|v| v.class == class));
+    assert!(recent.iter().all(|v| v.class == class));
+    let (total, by_class) = handle.violation_counts();
+    assert_eq!(total, 3 + FLOOD);
+    assert!(
+        by_class.contains(&("fast".to_string(), 3 + FLOOD)),
+        "{by_class:?}"
+    );
+    assert_eq!(handle.info()["violations"], 3 + FLOOD);
 }
 
 #[test]
