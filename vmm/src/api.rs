@@ -19,10 +19,13 @@
 //! | `PUT /balloon` | body `{"target_pages": N}` |
 
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use mempart::{Credential, EventFilter, Limits, NewPartition, Node, UNLIMITED};
 use serde::Deserialize;
@@ -108,31 +111,60 @@ impl ApiServer {
         } = self;
         server.unblock();
         let _ = thread.join();
-        // The last reference goes first: tiny_http wakes its accept thread through the socket.
         drop(server);
+        // tiny_http wakes its accept thread by connecting to the address it was bound at,
+        // the staging name; connecting here, at the real one, does it instead.
+        let _ = std::os::unix::net::UnixStream::connect(&path);
         let _ = std::fs::remove_file(path);
     }
 }
 
-/// Serves the API on `path` (replacing a stale socket) on its own thread.
-/// `config` is what `GET /config` reports.
+/// Binds a unix socket at `path` (replacing a stale one) that only its owner may use:
+/// bound under a staging name, made 0600, then renamed into place, so it is never
+/// reachable with the umask's mode.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::other(format!("{}: not a file name", path.display())))?;
+    let staging = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let at = |e: std::io::Error, p: &Path| {
+        std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+    };
+    let listener = UnixListener::bind(&staging).map_err(|e| at(e, &staging))?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staging, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(at(e, path));
+    }
+    Ok(listener)
+}
+
+/// Serves the API on `path` (replacing a stale socket, mode 0600) on its own thread.
+/// `config` is what `GET /config` reports. Each request is answered on its own thread
+/// (at most [`MAX_REQUESTS_IN_FLIGHT`]), so a client that holds its body back or does
+/// not read its answer delays nobody else.
 pub fn serve(path: &Path, vm: VmHandle, config: Value) -> std::io::Result<ApiServer> {
-    let _ = std::fs::remove_file(path);
-    let server = Server::http_unix(path)
+    let listener = bind_private(path)?;
+    let server = Server::from_listener(listener, None)
         .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
     let server = Arc::new(server);
     let serving = Arc::clone(&server);
+    let config = Arc::new(config);
     let thread = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
             let streams = Arc::new(AtomicUsize::new(0));
+            let in_flight = Arc::new(AtomicUsize::new(0));
             for request in serving.incoming_requests() {
                 let url = request.url().to_string();
                 let (path, query) = url.split_once('?').unwrap_or((&url, ""));
                 if *request.method() == Method::Get && path == "/events" {
                     start_stream(request, query, &vm, &streams);
                 } else {
-                    answer(request, &vm, &config);
+                    dispatch(request, &vm, &config, &in_flight);
                 }
             }
         })?;
@@ -143,13 +175,51 @@ pub fn serve(path: &Path, vm: VmHandle, config: Value) -> std::io::Result<ApiSer
     })
 }
 
-fn answer(mut request: Request, vm: &VmHandle, config: &Value) {
-    let result = body(&mut request)
-        .and_then(|body| route(request.method(), request.url(), &body, vm, config));
+/// Most requests answered at once, event streams aside; beyond that, 503.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 32;
+/// A request whose body has not arrived this long after its headers is refused (408)
+/// and not acted on.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Answers `request` on a thread of its own, or 503 when too many are in flight.
+fn dispatch(request: Request, vm: &VmHandle, config: &Arc<Value>, in_flight: &Arc<AtomicUsize>) {
+    if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_REQUESTS_IN_FLIGHT {
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        let busy = format!("{MAX_REQUESTS_IN_FLIGHT} requests are being answered; try again");
+        send(request, Err(ApiError(503, busy)));
+        return;
+    }
+    let (vm, config, in_flight) = (vm.clone(), Arc::clone(config), Arc::clone(in_flight));
+    let arrived = Instant::now();
+    let spawned = std::thread::Builder::new()
+        .name("api-request".into())
+        .spawn(move || {
+            answer(request, &vm, &config, arrived);
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+    if let Err(e) = spawned {
+        // The request went with the closure: its client sees the connection close.
+        eprintln!("mempart-vmm: api: no thread for a request: {e}");
+    }
+}
+
+fn answer(mut request: Request, vm: &VmHandle, config: &Value, arrived: Instant) {
+    let result = body(&mut request).and_then(|body| {
+        if arrived.elapsed() > BODY_DEADLINE {
+            let late = format!("the body took over {}s to arrive", BODY_DEADLINE.as_secs());
+            return Err(ApiError(408, late));
+        }
+        route(request.method(), request.url(), &body, vm, config)
+    });
     if result.is_ok() && *request.method() != Method::Get {
         // Whatever changed, the guest's followers (the agent, event streams) look again.
         vm.service().changed();
     }
+    send(request, result);
+}
+
+/// Writes `result` as the answer to `request`.
+fn send(request: Request, result: Answer) {
     let (status, payload, content_type) = match result {
         Ok(Reply {
             status,

@@ -17,6 +17,9 @@ use vmm::{Vm, VmExit};
 /// One request on a fresh connection: (status, body).
 fn http(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = UnixStream::connect(sock).expect("api socket");
+    // A hang is a failure, not a stuck test run.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .expect("timeout");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -63,8 +66,31 @@ fn every_endpoint_and_malformed_requests() {
     let running = std::thread::spawn(move || vm.run());
     assert_eq!(next_line(&rx), "guest: waiting");
 
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "only the VMM's user reaches its API");
+
+    // A client that sends its headers and holds the body back stalls nobody else.
+    let padded = format!("{:<60000}", r#"{"target_pages": 3}"#);
+    let mut slow = UnixStream::connect(&sock).expect("api socket");
+    let head = format!(
+        "PUT /balloon HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        padded.len()
+    );
+    slow.write_all(head.as_bytes()).expect("write");
+    slow.write_all(&padded.as_bytes()[..100]).expect("write");
     let (status, body) = http(&sock, "GET", "/vm", "");
     assert_eq!(status, 200, "{body}");
+    assert_eq!(http(&sock, "GET", "/metrics", "").0, 200);
+    slow.write_all(&padded.as_bytes()[100..]).expect("write");
+    let mut late = String::new();
+    slow.read_to_string(&mut late).expect("read");
+    assert!(late.starts_with("HTTP/1.1 200"), "{late}");
+    assert_eq!(handle.balloon().status().target_pages, 3);
+
     let vm_info: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(vm_info["classes"][0]["name"], "fast");
     assert_eq!(vm_info["classes"][0]["base"], 4u64 << 30);
