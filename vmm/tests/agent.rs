@@ -86,6 +86,12 @@ impl Rig {
 
     /// A rig whose agent gets `extra` arguments.
     fn with_args(name: &str, extra: &[&str]) -> Rig {
+        Rig::spawn(name, extra, None)
+    }
+
+    /// A rig whose agent gets `extra` arguments and starts with a soft limit of
+    /// `open_files` (the hard limit left as it is), if given.
+    fn spawn(name: &str, extra: &[&str], open_files: Option<u64>) -> Rig {
         let dir = Rig::dir_for(name);
         if dir.join("view").exists() {
             let _ = Command::new("umount")
@@ -115,7 +121,8 @@ impl Rig {
                 });
             }
         });
-        let mut agent = Command::new(binary("mempart-agent"))
+        let mut agent = Command::new(binary("mempart-agent"));
+        agent
             .arg("--upstream")
             .arg(&upstream)
             .arg("--listen")
@@ -123,9 +130,30 @@ impl Rig {
             .arg("--cgroup-root")
             .arg(dir.join("cgroup"))
             .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("agent starts");
+            .stdout(Stdio::piped());
+        if let Some(soft) = open_files {
+            let hook = move || {
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: `limit` is a valid rlimit to read and write; only syscalls run
+                // between fork and exec.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                    limit.rlim_cur = soft.min(limit.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                }
+                Ok(())
+            };
+            // SAFETY: the hook only makes syscalls, which is sound after fork.
+            #[allow(unsafe_code)]
+            unsafe {
+                agent.pre_exec(hook);
+            }
+        }
+        let mut agent = agent.spawn().expect("agent starts");
         let mut ready = String::new();
         BufReader::new(agent.stdout.take().expect("stdout"))
             .read_line(&mut ready)
@@ -1235,4 +1263,145 @@ fn a_listing_too_large_for_a_frame_is_an_error_for_that_request_only() {
         .expect("io");
     assert!(matches!(next, Ok(Reply::Metrics(_))), "{next:?}");
     assert!(rig.ok(1001, &["ls", "/partition/mem"]).contains("fast"));
+}
+
+/// One user opens 600 connections and stays silent: it gets its share of the seats, the
+/// rest are refused in the accept loop before a thread is spent on them, the agent has
+/// raised its own open-file limit, and another user is served meanwhile.
+#[test]
+fn one_user_cannot_take_every_seat() {
+    let rig = Rig::spawn(
+        "flood",
+        &["--hello-timeout", "120", "--no-cgroups"],
+        Some(256),
+    );
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", rig.agent.id())).expect("agent limits");
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .map(|l| l.split_whitespace().skip(3).take(2).collect())
+        .unwrap_or_default();
+    assert!(
+        matches!(open_files.as_slice(), [soft, hard] if soft == hard),
+        "the agent raised its soft limit to the hard one: {open_files:?}"
+    );
+    let script = format!(
+        "import socket, sys\n\
+         held = []\n\
+         for _ in range(600):\n    \
+             s = socket.socket(socket.AF_UNIX)\n    \
+             s.connect({:?})\n    \
+             held.append(s)\n\
+         print('connected', flush=True)\n\
+         sys.stdin.read()\n",
+        rig.dir.join("agent.sock").to_str().expect("utf-8")
+    );
+    let mut flood = KillOnDrop(
+        Command::new("python3")
+            .args(["-c", &script])
+            .uid(1000)
+            .gid(1000)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
+    let mut line = String::new();
+    BufReader::new(flood.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the flood connects");
+    assert_eq!(line, "connected\n");
+    // Queued behind all 600: by the time these are answered, each of those was seated
+    // or refused.
+    assert!(rig.ok(1001, &["ls", "/partition/mem"]).contains("sysram"));
+    let out = rig.mpctl(1000, &["ls", "/partition/mem"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "no agent for uid 1000: {stderr}"
+    );
+    assert!(stderr.contains("uid 1000 holds 64 connections"), "{stderr}");
+}
+
+/// Takes pid `pid` for a new `sleep` through `ns_last_pid`, or `None` where the test may
+/// not (it needs root) or other processes keep taking it first.
+fn spawn_at_pid(pid: u32) -> Option<KillOnDrop> {
+    for _ in 0..100 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+        let mut child = Command::new("sleep").arg("600").spawn().ok()?;
+        if child.id() == pid {
+            return Some(KillOnDrop(child));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+/// A process connects and exits; another process takes its pid; then the connection
+/// says hello. The agent knows the connection by the connecting process's pidfd, so it
+/// registers nobody: not the new owner of the pid.
+#[test]
+fn a_connection_whose_process_is_gone_registers_nobody() {
+    use protocol::{Client, Op};
+    use std::os::fd::FromRawFd;
+    let rig = Rig::with_args("reuse", &["--no-cgroups"]);
+    let path = rig.dir.join("agent.sock");
+    // SAFETY: a plain socket(2); the descriptor is owned below.
+    #[allow(unsafe_code)]
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket");
+    // SAFETY: `fd` is fresh and owned by nobody else.
+    #[allow(unsafe_code)]
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_un is valid; the path is copied in below.
+    #[allow(unsafe_code)]
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.to_str().expect("utf-8").as_bytes();
+    assert!(bytes.len() < addr.sun_path.len(), "socket path too long");
+    for (slot, byte) in addr.sun_path.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    // The short-lived child connects the test's socket just before it execs `true`.
+    let mut connector = Command::new("true");
+    let hook = move || {
+        // SAFETY: `addr` is a valid sockaddr_un of the size given; connect(2) is sound
+        // after fork.
+        #[allow(unsafe_code)]
+        let rc = unsafe {
+            libc::connect(
+                fd,
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the hook only makes a syscall, which is sound after fork.
+    #[allow(unsafe_code)]
+    unsafe {
+        connector.pre_exec(hook);
+    }
+    let mut connector = connector.spawn().expect("connector");
+    let pid = connector.id();
+    assert!(connector.wait().expect("connector ends").success());
+    let Some(_taker) = spawn_at_pid(pid) else {
+        eprintln!("skipped: pid {pid} could not be taken again (needs root and ns_last_pid)");
+        return;
+    };
+    let mut late = Client::connect(stream).expect("the late hello is welcomed");
+    let view = late
+        .call(&Credential::guest_root(), Op::ProcessView { pid })
+        .expect("io");
+    assert!(
+        matches!(&view, Err(e) if e.name == "ESRCH"),
+        "pid {pid}, now another process, was registered: {view:?}"
+    );
 }

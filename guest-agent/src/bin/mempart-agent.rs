@@ -1,8 +1,10 @@
 //! `mempart-agent`: the guest daemon. It owns the upstream stream to the VMM's partition
 //! service (the `org.mempart.agent.0` port, or a unix socket), listens on a local unix
-//! socket, authenticates each client with `SO_PEERCRED` and forwards its requests with
-//! that identity — never with one the client claims. Responses and pushed events go
-//! back to the client that asked.
+//! socket, authenticates each client by what the kernel recorded when it connected
+//! (`SO_PEERCRED`, `SO_PEERGROUPS`, `SO_PEERPIDFD`) and forwards its requests with that
+//! identity — never with one the client claims. Responses and pushed events go back to
+//! the client that asked. Seats are given per user in the accept loop, before a thread
+//! is spent on a connection.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
@@ -10,7 +12,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{
     channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError,
 };
@@ -20,10 +21,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use guest_agent::cgroup::{CgroupMirror, Node};
-use guest_agent::exits::PidFd;
+use guest_agent::exits::{ExitWatcher, PidFd};
 use guest_agent::forks::ForkEvents;
 use guest_agent::view::{Ask, PartitionView};
-use guest_agent::{groups_of, peer_of, Peer, DEFAULT_SOCKET};
+use guest_agent::{
+    boot_ticks_now, groups_of, peer_groups, peer_of, peer_pidfd, start_ticks, Peer, DEFAULT_SOCKET,
+};
 use protocol::{
     read_frame, write_frame, ClientFrame, Credential, EntryKind, Op, Reply, ServerFrame, Spawn,
     SubId, WireError, MAGIC, VERSION,
@@ -64,29 +67,138 @@ struct Args {
     /// its seat freed.
     #[arg(long, default_value_t = 5.0)]
     hello_timeout: f64,
-    /// Most clients served at once; one more is refused at its handshake.
+    /// Most clients served at once; one more is refused at its handshake. A sixteenth
+    /// of the seats is kept for root.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     max_clients: u16,
+    /// Most clients one user other than root holds at once, so that no user can take
+    /// every seat.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    max_clients_per_user: u16,
 }
 
-/// One client being served; the count of them drops when it leaves.
-struct Seat(Arc<AtomicUsize>);
+/// Who holds the seats: decided in the accept loop, before a thread is spent on a client.
+struct Seats {
+    most: usize,
+    most_per_user: usize,
+    taken: usize,
+    by_uid: HashMap<u32, usize>,
+}
 
-impl Seat {
-    /// A seat among at most `most`, or `Err(most)` when all are taken.
-    fn take(seated: &Arc<AtomicUsize>, most: u16) -> Result<Seat, u16> {
-        seated
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < usize::from(most)).then_some(n + 1)
-            })
-            .map(|_| Seat(Arc::clone(seated)))
-            .map_err(|_| most)
+/// One client being served; its seat frees when it leaves.
+struct Seat {
+    seats: Arc<Mutex<Seats>>,
+    uid: u32,
+}
+
+impl Seats {
+    fn new(most: u16, most_per_user: u16) -> Arc<Mutex<Seats>> {
+        Arc::new(Mutex::new(Seats {
+            most: usize::from(most),
+            most_per_user: usize::from(most_per_user),
+            taken: 0,
+            by_uid: HashMap::new(),
+        }))
+    }
+
+    /// A seat for a client of `uid`, or why there is none: all are taken, the rest are
+    /// kept for root, or that user holds its share.
+    fn take(seats: &Arc<Mutex<Seats>>, uid: u32) -> Result<Seat, String> {
+        let mut s = lock(seats);
+        let kept_for_root = s.most / 16;
+        let held = s.by_uid.get(&uid).copied().unwrap_or(0);
+        if s.taken >= s.most {
+            return Err(format!("the agent serves {} clients at most", s.most));
+        }
+        if uid != 0 && s.taken >= s.most - kept_for_root {
+            return Err(format!(
+                "the agent serves {} clients at most; the last {kept_for_root} are kept for root",
+                s.most
+            ));
+        }
+        if uid != 0 && held >= s.most_per_user {
+            return Err(format!(
+                "uid {uid} holds {held} connections, the most one user may"
+            ));
+        }
+        s.taken += 1;
+        s.by_uid.insert(uid, held + 1);
+        Ok(Seat {
+            seats: Arc::clone(seats),
+            uid,
+        })
     }
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        let mut s = lock(&self.seats);
+        s.taken = s.taken.saturating_sub(1);
+        if let Some(held) = s.by_uid.get_mut(&self.uid) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                s.by_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Refused connections kept open until their hello arrives; beyond this many they are
+/// closed at once.
+const REFUSALS_LINGERING: usize = 64;
+/// How long a refused connection is kept open for its hello.
+const REFUSAL_LINGER: Duration = Duration::from_millis(200);
+
+/// Tells a client without a seat why, from the accept loop and without blocking it. Its
+/// hello is taken first when it has arrived, which it usually has: closing a socket with
+/// unread bytes would reset the client's end before it reads the refusal. A connection
+/// whose hello is still to come waits a little on the lingering thread.
+fn refuse(stream: UnixStream, reason: String, lingering: &SyncSender<UnixStream>) {
+    let mut heard = false;
+    if stream.set_nonblocking(true).is_ok() {
+        let mut hello = [0u8; 64];
+        heard = matches!((&stream).read(&mut hello), Ok(n) if n > 0);
+        let _ = write_frame(&mut &stream, &ServerFrame::Refused { reason });
+    }
+    if !heard {
+        // A full queue: closed at once.
+        let _ = lingering.try_send(stream);
+    }
+}
+
+/// Keeps refused connections open, one at a time, until their hello arrives or a short
+/// wait ends.
+fn start_lingering() -> std::io::Result<SyncSender<UnixStream>> {
+    let (tx, rx) = sync_channel::<UnixStream>(REFUSALS_LINGERING);
+    std::thread::Builder::new()
+        .name("refused".into())
+        .stack_size(HELPER_STACK)
+        .spawn(move || {
+            for stream in rx {
+                let mut sink = [0u8; 64];
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(REFUSAL_LINGER));
+                let _ = (&stream).read(&mut sink);
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Raises the soft limit on open files to the hard one: each client costs descriptors,
+/// and the default soft limit (1,024) is below what the seats may need.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for getrlimit and setrlimit to read and write.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 
@@ -208,6 +320,8 @@ struct Agent {
     registering: Mutex<()>,
     /// Mutating responses held until the cgroup mirror has caught up (when mirroring).
     mirror_queue: Option<Sender<MirrorWork>>,
+    /// Watches every registered process's pidfd; exits are reported upstream.
+    exits: ExitWatcher,
 }
 
 /// Stack size of the agent's helper threads (exit waiters block in poll, client writers
@@ -463,32 +577,45 @@ impl Agent {
         }
     }
 
-    /// Waits in the background for `pid` to exit, then tells the service: the process
-    /// is disassociated and its private allocations are freed. A process that is already
-    /// gone is reported at once.
-    fn watch_exit(self: &Arc<Self>, pid: u32) -> anyhow::Result<()> {
-        let report = move |agent: &Agent| {
-            lock(&agent.routes).registered.remove(&pid);
-            agent.tell(Op::ProcessExit { pid })
+    /// Tells the service that `pid` exited: the process is disassociated and its private
+    /// allocations are freed.
+    fn report_exit(&self, pid: u32) {
+        lock(&self.routes).registered.remove(&pid);
+        if let Err(e) = self.tell(Op::ProcessExit { pid }) {
+            eprintln!("mempart-agent: pid {pid} exited: {e:#}");
+        }
+    }
+
+    /// Registers process `pid`, held by `pidfd`, as `owner`, inheriting from `parent`;
+    /// its exit is watched on that same pidfd. Registering is refused when the agent
+    /// already tracks as many processes as it may.
+    fn register(
+        &self,
+        pid: u32,
+        pidfd: PidFd,
+        parent: Option<u32>,
+        owner: Credential,
+    ) -> anyhow::Result<()> {
+        let new = {
+            let mut routes = lock(&self.routes);
+            routes.registered.len() < MAX_REGISTERED && routes.registered.insert(pid)
         };
-        let pidfd = match PidFd::open(pid) {
-            Ok(pidfd) => pidfd,
-            Err(e) => {
-                eprintln!("mempart-agent: pid {pid}: {e}; treating it as exited");
-                return report(self);
-            }
+        if !new {
+            return Ok(());
+        }
+        let start = Op::ProcessStart {
+            pid,
+            parent,
+            spawn: Spawn::Inherit,
+            owner: Some(owner),
         };
-        let agent = Arc::clone(self);
-        std::thread::Builder::new()
-            .name(format!("exit-{pid}"))
-            .stack_size(HELPER_STACK)
-            .spawn(move || {
-                if pidfd.wait().is_ok() {
-                    let _ = report(&agent);
-                }
-            })
-            .context("starting an exit waiter")?;
-        Ok(())
+        let registered = self
+            .send(Route::Drop, &Credential::guest_root(), start)
+            .and_then(|()| self.exits.watch(pid, pidfd).context("watching its exit"));
+        if registered.is_err() {
+            lock(&self.routes).registered.remove(&pid);
+        }
+        registered
     }
 
     /// Registers every process forked by a registered one, inheriting from its parent,
@@ -503,34 +630,34 @@ impl Agent {
                 }
             };
             let _registering = lock(&self.registering);
-            let new = {
-                let mut routes = lock(&self.routes);
-                routes.registered.contains(&fork.parent)
-                    && routes.registered.len() < MAX_REGISTERED
-                    && routes.registered.insert(fork.child)
+            let tracked = {
+                let routes = lock(&self.routes);
+                routes.registered.contains(&fork.parent) && !routes.registered.contains(&fork.child)
             };
-            if !new {
+            if !tracked {
                 continue;
             }
-            let Some((uid, gid)) = owner_of(fork.child) else {
-                // Gone already: nothing to track.
-                lock(&self.routes).registered.remove(&fork.child);
+            // The child is read about by pid number: what is read counts only if the
+            // pidfd, opened first, still holds that pid afterwards, and the process read
+            // about is the parent's child.
+            let pidfd = match PidFd::open(fork.child) {
+                Ok(pidfd) => pidfd,
+                Err(e) => {
+                    if e.raw_os_error() != Some(libc::ESRCH) {
+                        eprintln!("mempart-agent: pid {}: not tracked: {e}", fork.child);
+                    }
+                    continue;
+                }
+            };
+            let owner = owner_of(fork.child);
+            let groups = groups_of(fork.child);
+            let parent = parent_of(fork.child);
+            let Some((uid, gid)) = owner else { continue };
+            if parent != Some(fork.parent) || !pidfd.holds_its_pid() {
                 continue;
-            };
-            let start = Op::ProcessStart {
-                pid: fork.child,
-                parent: Some(fork.parent),
-                spawn: Spawn::Inherit,
-                owner: Some(Credential::Guest {
-                    uid,
-                    gid,
-                    groups: groups_of(fork.child),
-                }),
-            };
-            let registered = self
-                .send(Route::Drop, &Credential::guest_root(), start)
-                .and_then(|()| self.watch_exit(fork.child));
-            if let Err(e) = registered {
+            }
+            let owner = Credential::Guest { uid, gid, groups };
+            if let Err(e) = self.register(fork.child, pidfd, Some(fork.parent), owner) {
                 eprintln!("mempart-agent: pid {}: {e:#}", fork.child);
             }
         }
@@ -564,68 +691,75 @@ impl Agent {
         })
     }
 
-    /// Serves one local client until it leaves; without a `seat` (too many clients) it is
-    /// refused once it has said hello.
+    /// Serves one local client, `peer` by its `SO_PEERCRED`, in its `seat` until it leaves.
     fn serve_client(
         self: &Arc<Self>,
         client: u64,
         stream: UnixStream,
-        seat: Result<Seat, u16>,
+        peer: Peer,
+        seat: Seat,
         hello_timeout: Duration,
     ) -> anyhow::Result<()> {
-        let peer: Peer = peer_of(&stream).context("SO_PEERCRED")?;
+        // Who connected, as the kernel saw it at connect time: a process that connects,
+        // exits and has its pid reused cannot pass as the new owner of that pid.
+        let pidfd = connecting_process(&stream, peer.pid);
         let caller = Credential::Guest {
             uid: peer.uid,
             gid: peer.gid,
-            groups: groups_of(peer.pid),
+            groups: peer_groups(&stream).unwrap_or_default(),
         };
         let mut reader = stream.try_clone()?;
         let mut writer = stream;
         // Declared after the streams, so dropped before them: by the time a client sees
         // its connection close, its seat is free for the next one.
-        let seat = seat;
+        let _seat = seat;
         // A client that never says hello does not hold its thread (or seat) for long.
         reader.set_read_timeout(Some(hello_timeout))?;
-        let hello = read_frame(&mut reader)?;
+        let hello = read_frame(&mut reader).map_err(|e| match e {
+            protocol::ProtocolError::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                anyhow::anyhow!(
+                    "said no hello within {}s; disconnected",
+                    hello_timeout.as_secs_f64()
+                )
+            }
+            e => e.into(),
+        })?;
         reader.set_read_timeout(None)?;
-        let refusal = match hello {
-            ClientFrame::Hello { magic, version } if magic == MAGIC && version == VERSION => seat
-                .as_ref()
-                .err()
-                .map(|most| format!("the agent serves {most} clients at most")),
-            _ => Some(format!("speak protocol version {VERSION}")),
-        };
-        if let Some(reason) = refusal {
+        if !matches!(hello, ClientFrame::Hello { magic, version } if magic == MAGIC && version == VERSION)
+        {
+            let reason = format!("speak protocol version {VERSION}");
             write_frame(&mut writer, &ServerFrame::Refused { reason })?;
             return Ok(());
         }
-        write_frame(&mut writer, &ServerFrame::Welcome { version: VERSION })?;
-        let outbox = Outbox::start(writer)?;
-        // Every process that talks to the agent is tracked; it inherits from its parent
-        // when the agent registered the parent too.
+        // Every process that talks to the agent is tracked, registered before it hears
+        // the welcome; it inherits from its parent when the agent registered the parent.
         let registering = lock(&self.registering);
-        let register = {
-            let mut routes = lock(&self.routes);
-            routes.clients.insert(client, outbox.clone());
-            let parent = parent_of(peer.pid).filter(|p| routes.registered.contains(p));
-            let new =
-                routes.registered.len() < MAX_REGISTERED && routes.registered.insert(peer.pid);
-            new.then_some(parent)
-        };
-        if let Some(parent) = register {
-            self.send(
-                Route::Drop,
-                &Credential::guest_root(),
-                Op::ProcessStart {
-                    pid: peer.pid,
-                    parent,
-                    spawn: Spawn::Inherit,
-                    owner: Some(caller.clone()),
-                },
-            )?;
-            self.watch_exit(peer.pid)?;
+        let parent = parent_of(peer.pid);
+        match pidfd {
+            Ok(pidfd) if pidfd.holds_its_pid() => {
+                let parent = parent.filter(|p| lock(&self.routes).registered.contains(p));
+                if !lock(&self.routes).registered.contains(&peer.pid) {
+                    self.register(peer.pid, pidfd, parent, caller.clone())?;
+                }
+            }
+            Ok(_) => eprintln!(
+                "mempart-agent: client {client}: pid {} exited before its hello; not registered",
+                peer.pid
+            ),
+            Err(e) => eprintln!(
+                "mempart-agent: client {client}: pid {}: {e}; not registered",
+                peer.pid
+            ),
         }
         drop(registering);
+        write_frame(&mut writer, &ServerFrame::Welcome { version: VERSION })?;
+        let outbox = Outbox::start(writer)?;
+        lock(&self.routes).clients.insert(client, outbox.clone());
         let result = loop {
             let frame: ClientFrame = match read_frame(&mut reader) {
                 Ok(frame) => frame,
@@ -663,6 +797,24 @@ impl Agent {
             let _ = self.send(Route::Drop, &caller, Op::Unsubscribe { sub });
         }
         result
+    }
+}
+
+/// A pidfd of the process that connected on `stream` (pid `pid` by `SO_PEERCRED`). Without
+/// `SO_PEERPIDFD` (kernels before 6.5) the pid is opened and must have started before
+/// now: a process that took the pid after the connection cannot be the one that made it.
+fn connecting_process(stream: &UnixStream, pid: u32) -> std::io::Result<PidFd> {
+    match peer_pidfd(stream) {
+        Ok(fd) => Ok(PidFd::from_fd(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
+            let now = boot_ticks_now();
+            let pidfd = PidFd::open(pid)?;
+            match (start_ticks(pid), now) {
+                (Some(start), Some(now)) if start <= now && pidfd.holds_its_pid() => Ok(pidfd),
+                _ => Err(std::io::Error::from_raw_os_error(libc::ESRCH)),
+            }
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -740,12 +892,23 @@ fn main() -> anyhow::Result<()> {
         let (tx, rx) = channel();
         (Some(tx), Some((CgroupMirror::new(&args.cgroup_root), rx)))
     };
+    raise_fd_limit();
+    let (exited_tx, exited) = channel();
     let agent = Arc::new(Agent {
         upstream: Arc::new(Mutex::new(writer)),
         routes: Mutex::new(Routes::default()),
         registering: Mutex::new(()),
         mirror_queue,
+        exits: ExitWatcher::start(exited_tx).context("starting the exit watcher")?,
     });
+    {
+        let agent = Arc::clone(&agent);
+        std::thread::spawn(move || {
+            for pid in exited {
+                agent.report_exit(pid);
+            }
+        });
+    }
     let router = {
         let agent = Arc::clone(&agent);
         let listen = args.listen.clone();
@@ -803,18 +966,27 @@ fn main() -> anyhow::Result<()> {
     );
     let _ = std::io::Write::flush(&mut std::io::stdout());
     let mut next_client = 0u64;
-    let seated = Arc::new(AtomicUsize::new(0));
+    let seats = Seats::new(args.max_clients, args.max_clients_per_user);
+    let lingering = start_lingering().context("starting the refusal thread")?;
     for stream in listener.incoming() {
         if lock(&agent.routes).upstream_ended {
             break;
         }
         let Ok(stream) = stream else { continue };
-        let seat = Seat::take(&seated, args.max_clients);
+        // Seated or refused here, before a thread is spent on the connection.
+        let Ok(peer) = peer_of(&stream) else { continue };
+        let seat = match Seats::take(&seats, peer.uid) {
+            Ok(seat) => seat,
+            Err(reason) => {
+                refuse(stream, reason, &lingering);
+                continue;
+            }
+        };
         next_client += 1;
         let agent = Arc::clone(&agent);
         let client = next_client;
         std::thread::spawn(move || {
-            if let Err(e) = agent.serve_client(client, stream, seat, hello_timeout) {
+            if let Err(e) = agent.serve_client(client, stream, peer, seat, hello_timeout) {
                 let closed = e
                     .downcast_ref::<protocol::ProtocolError>()
                     .is_some_and(|e| matches!(e, protocol::ProtocolError::Closed));
