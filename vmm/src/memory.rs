@@ -30,6 +30,31 @@ pub const HIGH_RAM_START: u64 = 4 * GIB;
 pub const GPA_LIMIT: u64 = 64 * GIB;
 /// Classes other than sysram start on this alignment.
 pub const CLASS_ALIGN: u64 = GIB;
+/// KVM memory slots kept out of the typed classes' shares: sysram's and room for more.
+pub const SLOTS_KEPT: u32 = 64;
+
+/// The smallest allocation unit of each typed class (by size, in order) such that every
+/// class fits its share of `slots` KVM memory slots even when cut into one-unit extents:
+/// each extent takes a slot, so a class of `size` bytes and unit `u` needs at most
+/// `size / u`. Shares follow the classes' sizes; units are powers of two, at least a page.
+/// Whatever the engine admits, the VMM then has a slot for.
+pub fn slot_units(sizes: &[u64], slots: u32) -> Vec<u64> {
+    let total: u128 = sizes.iter().map(|&s| u128::from(s)).sum();
+    let shared = u128::from(slots.saturating_sub(SLOTS_KEPT).max(1));
+    sizes
+        .iter()
+        .map(|&size| {
+            // share = shared * size / total, at least 1; unit = ceil(size / share).
+            let share = (shared * u128::from(size) / total.max(1)).max(1);
+            let unit = u128::from(size).div_ceil(share);
+            u64::try_from(unit)
+                .unwrap_or(u64::MAX)
+                .max(PAGE)
+                .checked_next_power_of_two()
+                .unwrap_or(u64::MAX)
+        })
+        .collect()
+}
 
 /// Errors of guest memory set-up and of grants.
 #[derive(Debug, thiserror::Error)]
@@ -529,6 +554,34 @@ pub fn class_bases(sysram_end: u64, sizes: &[u64]) -> Vec<u64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn slot_units_fit_every_class_in_its_share_of_slots() {
+        // One small class: a page. Two 64 MiB classes sharing 32,764 slots: 8 KiB each.
+        assert_eq!(slot_units(&[64 * MIB], 32_764), vec![PAGE]);
+        assert_eq!(
+            slot_units(&[64 * MIB, 64 * MIB], 32_764),
+            vec![2 * PAGE, 2 * PAGE]
+        );
+        // Shares follow sizes: of 509 shared slots, 501 for 64 GiB (137 MB each, so
+        // 256 MiB units) and 7 for 1 GiB (153 MB each, so 256 MiB too).
+        let units = slot_units(&[64 * GIB, GIB], 573);
+        assert_eq!(units, vec![256 * MIB, 256 * MIB]);
+        for (sizes, slots) in [
+            (vec![64 * MIB, 64 * MIB], 32_764u32),
+            (vec![64 * GIB, GIB, 4 * MIB], 509),
+            (vec![GIB; 3], 70),
+        ] {
+            let units = slot_units(&sizes, slots);
+            let needed: u64 = sizes.iter().zip(&units).map(|(s, u)| s.div_ceil(*u)).sum();
+            assert!(
+                needed <= u64::from(slots - SLOTS_KEPT),
+                "{sizes:?} over {slots} slots: units {units:?} need {needed}"
+            );
+            assert!(units.iter().all(|u| u.is_power_of_two() && *u >= PAGE));
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -147,6 +147,21 @@ pub enum VmError {
     /// The classes break a partition rule.
     #[error("memory classes: {0}")]
     Classes(mempart::Error),
+    /// A class's size is not a multiple of the unit its share of memory slots needs.
+    #[error(
+        "class {class:?}: {size} bytes is not a multiple of {unit}, the allocation unit \
+         that fits it in its share of KVM's {slots} memory slots; make it a multiple"
+    )]
+    ClassUnit {
+        /// The class.
+        class: String,
+        /// Its size.
+        size: u64,
+        /// The unit it needs.
+        unit: u64,
+        /// KVM's memory slots.
+        slots: u32,
+    },
     /// The topology file cannot be read.
     #[error("topology {path}: {reason}")]
     TopologyRead {
@@ -249,11 +264,20 @@ impl Vm {
     /// Creates the VM: KVM, memory classes, the kernel and boot structures, vCPUs.
     pub fn new(config: VmConfig) -> Result<Vm, VmError> {
         let backend = Backend::detect();
-        let specs: Vec<ClassSpec> = config
-            .classes
-            .iter()
-            .map(|c| ClassSpec::new(c.name.clone(), c.size))
-            .collect();
+
+        let kvm_error = |source| VmError::Kvm {
+            path: config.kvm_device.display().to_string(),
+            source,
+        };
+        let device = std::ffi::CString::new(config.kvm_device.as_os_str().as_encoded_bytes())
+            .map_err(|_| kvm_error(kvm_ioctls::Error::new(libc::EINVAL)))?;
+        let kvm = Kvm::new_with_path(&device).map_err(kvm_error)?;
+        // Any file opens; only the KVM device answers its version query.
+        if kvm.get_api_version() != 12 {
+            return Err(kvm_error(kvm_ioctls::Error::new(libc::ENOTTY)));
+        }
+        let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
+        let specs = class_specs(&config, max_slots)?;
         let engine = match &config.topology {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| VmError::TopologyRead {
@@ -272,17 +296,6 @@ impl Vm {
             None => Engine::new(&specs).map_err(VmError::Classes)?,
         };
         let engine = Arc::new(Mutex::new(engine));
-        let kvm_error = |source| VmError::Kvm {
-            path: config.kvm_device.display().to_string(),
-            source,
-        };
-        let device = std::ffi::CString::new(config.kvm_device.as_os_str().as_encoded_bytes())
-            .map_err(|_| kvm_error(kvm_ioctls::Error::new(libc::EINVAL)))?;
-        let kvm = Kvm::new_with_path(&device).map_err(kvm_error)?;
-        // Any file opens; only the KVM device answers its version query.
-        if kvm.get_api_version() != 12 {
-            return Err(kvm_error(kvm_ioctls::Error::new(libc::ENOTTY)));
-        }
         let max = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
         if config.cpus == 0 || config.cpus > max {
             return Err(VmError::Cpus {
@@ -415,7 +428,6 @@ impl Vm {
             }
             vcpus.push(vcpu);
         }
-        let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
         let exit_event = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
         let service = PartitionService::new(Arc::clone(&engine));
         let reclaimer =
@@ -565,6 +577,36 @@ fn sysram_follows_balloon(shared: &Shared, status: &BalloonStatus) {
         }
     }
     shared.service.changed();
+}
+
+/// The engine's classes for `config`: each typed class's allocation unit is at least the
+/// one that fits it in its share of KVM's `slots` memory slots (see
+/// [`crate::memory::slot_units`]), so every allocation the engine admits has a slot.
+fn class_specs(config: &VmConfig, slots: u32) -> Result<Vec<ClassSpec>, VmError> {
+    let typed: Vec<u64> = config
+        .classes
+        .iter()
+        .filter(|c| c.name != mempart::SYSRAM)
+        .map(|c| c.size)
+        .collect();
+    let mut units = crate::memory::slot_units(&typed, slots).into_iter();
+    let mut specs = Vec::with_capacity(config.classes.len());
+    for c in &config.classes {
+        let mut spec = ClassSpec::new(c.name.clone(), c.size);
+        if c.name != mempart::SYSRAM {
+            spec.unit = spec.unit.max(units.next().unwrap_or(spec.unit));
+            if c.size % spec.unit != 0 {
+                return Err(VmError::ClassUnit {
+                    class: c.name.clone(),
+                    size: c.size,
+                    unit: spec.unit,
+                    slots,
+                });
+            }
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
 }
 
 /// Typed memory for the service: extents of the VM's classes (held weakly: the service
@@ -981,7 +1023,13 @@ impl VmHandle {
             })
             .collect();
         let (violations, _) = self.violation_counts();
+        let slots = {
+            let free = lock(&self.shared.free_slots);
+            let used = free.0 - u32::try_from(free.1.len()).unwrap_or(free.0);
+            serde_json::json!({ "max": self.shared.max_slots, "used": used })
+        };
         serde_json::json!({
+            "memory_slots": slots,
             "backend": Backend::detect().name(),
             "sysram": self.shared.sysram.size,
             "sysram_resident": self.shared.sysram.resident(),

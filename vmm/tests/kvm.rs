@@ -358,3 +358,84 @@ fn typed_allocations_through_the_service_are_backed_by_granted_extents() {
     assert_eq!(granted(&handle), serde_json::json!([]));
     assert_eq!(handle.resident("fast"), Some(0));
 }
+
+/// One process fills class `slow` with one-unit allocations, each an extent with its own
+/// memory slot; then a partition that reserves all of class `fast` allocates its whole
+/// min one unit at a time. Every allocation the engine admits the VMM places: the
+/// class units keep each class within its share of the slots (on 4 KiB units, `slow`
+/// took the slots that `fast`'s guarantee needed). The next one the engine refuses.
+#[test]
+fn every_typed_allocation_the_engine_admits_is_placed() {
+    if !kvm_available() {
+        return;
+    }
+    use mempart::{Credential, Limits, Spawn};
+    use protocol::{Client, Op, Reply};
+    let (config, _rx) = config(guest("wait"), 1, &["sysram=32M", "fast=64M", "slow=64M"]);
+    let vm = Vm::new(config).expect("vm");
+    let handle = vm.handle();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let service = handle.service();
+    std::thread::spawn(move || {
+        let reader = theirs.try_clone().expect("clone");
+        service.serve(reader, theirs, vmm::service::Authority::Guest)
+    });
+    let mut client = Client::connect(ours).expect("handshake");
+    let root = Credential::guest_root();
+    let mut call = |op| client.call(&root, op).expect("io");
+    let unit =
+        |call: &mut dyn FnMut(Op) -> Result<Reply, protocol::WireError>, class: &str| match call(
+            Op::ClassMetrics {
+                path: format!("/partition/mem/{class}"),
+            },
+        ) {
+            Ok(Reply::Class(c)) => c.unit,
+            other => panic!("{other:?}"),
+        };
+    let (fast_unit, slow_unit) = (unit(&mut call, "fast"), unit(&mut call, "slow"));
+    let create = Op::Create {
+        path: "/partition/mem/fast/g".into(),
+        limits: Limits {
+            min: 64 << 20,
+            max: 64 << 20,
+        },
+        mode: 0o755,
+    };
+    assert_eq!(call(create), Ok(Reply::Done));
+    for (pid, part) in [
+        (9, "/partition/mem/fast/g"),
+        (10, "/partition/mem/slow/sys"),
+    ] {
+        let start = Op::ProcessStart {
+            pid,
+            parent: None,
+            spawn: Spawn::SetMpart(vec![part.into()]),
+            owner: None,
+        };
+        assert_eq!(call(start), Ok(Reply::Done));
+    }
+    let alloc = |pid, class: &str, bytes| Op::Allocate {
+        pid,
+        class: class.into(),
+        bytes,
+    };
+    let placed = |r: &Result<Reply, protocol::WireError>| {
+        matches!(r, Ok(Reply::Granted { gpa: Some(_), .. }))
+    };
+    let engine_refused = |r: &Result<Reply, protocol::WireError>| matches!(r, Err(e) if e.name == "ENOMEM" && !e.message.contains("no extent"));
+    for n in 0..(64 << 20) / slow_unit {
+        let got = call(alloc(10, "slow", slow_unit));
+        assert!(placed(&got), "slow, unit {n}: {got:?}");
+    }
+    let full = call(alloc(10, "slow", slow_unit));
+    assert!(engine_refused(&full), "{full:?}");
+    for n in 0..(64 << 20) / fast_unit {
+        let got = call(alloc(9, "fast", fast_unit));
+        assert!(placed(&got), "fast, unit {n} of the guarantee: {got:?}");
+    }
+    let beyond = call(alloc(9, "fast", fast_unit));
+    assert!(engine_refused(&beyond), "{beyond:?}");
+    let info = handle.info();
+    let slots = &info["memory_slots"];
+    assert!(slots["used"].as_u64() <= slots["max"].as_u64(), "{slots}");
+}
