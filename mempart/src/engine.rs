@@ -519,13 +519,19 @@ impl Engine {
                 (pp.class, Some(p), pp.depth + 1)
             }
         };
-        if self.parts.len() >= MAX_PARTITIONS {
-            return Err(Error::new(
-                Errno::Enomem,
-                name,
-                format!("at most {MAX_PARTITIONS} partitions"),
-            ));
-        }
+        crate::quota::admit(
+            "partitions",
+            name,
+            MAX_PARTITIONS,
+            self.parts.len(),
+            perm.uid,
+            || {
+                self.parts
+                    .iter()
+                    .filter(|(_, p)| p.perm.uid == perm.uid)
+                    .count()
+            },
+        )?;
         self.carry_into(class, parent_id, Delta::up(limits.min), Mode::Checked)?;
         let config = crate::partition::PartitionConfig {
             limits,

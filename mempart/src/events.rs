@@ -10,7 +10,7 @@ use crate::error::{Errno, Error, Result};
 use crate::namespace::Node;
 use crate::partition::PartId;
 use crate::process::Pid;
-use crate::security::{Access, Credential};
+use crate::security::{Access, Credential, Uid};
 use crate::slab::Key;
 
 /// The largest queue a subscriber may ask for.
@@ -152,6 +152,8 @@ pub struct EventBatch {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Subscription {
     pub target: Target,
+    /// The user it counts against (0 for root and the host).
+    pub owner: Uid,
     filter: EventFilter,
     queue: VecDeque<Event>,
     capacity: usize,
@@ -165,6 +167,7 @@ impl Subscription {
     pub fn new(target: Target, filter: EventFilter, capacity: usize, size: u64) -> Subscription {
         Subscription {
             target,
+            owner: 0,
             filter,
             queue: VecDeque::with_capacity(capacity),
             capacity,
@@ -281,17 +284,18 @@ impl Engine {
         if filter.delta == Some(0) {
             return Err(Error::new(Errno::Einval, path, "a delta must be positive"));
         }
-        if self.subs.len() >= MAX_SUBSCRIPTIONS {
-            return Err(Error::new(
-                Errno::Enomem,
-                path,
-                format!("at most {MAX_SUBSCRIPTIONS} subscriptions"),
-            ));
-        }
-        let id = SubId(
-            self.subs
-                .insert(Subscription::new(target, filter, capacity, size)),
-        );
+        let owner = cred.owner().0;
+        crate::quota::admit(
+            "subscriptions",
+            path,
+            MAX_SUBSCRIPTIONS,
+            self.subs.len(),
+            owner,
+            || self.subs.iter().filter(|(_, s)| s.owner == owner).count(),
+        )?;
+        let mut sub = Subscription::new(target, filter, capacity, size);
+        sub.owner = owner;
+        let id = SubId(self.subs.insert(sub));
         if let Some(list) = self.target_subscribers(target) {
             list.push(id);
         }

@@ -33,6 +33,7 @@ mod namespace;
 mod partition;
 mod pids;
 mod process;
+mod quota;
 mod security;
 mod slab;
 pub mod topology;

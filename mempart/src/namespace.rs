@@ -265,14 +265,10 @@ impl Engine {
                 "no write permission on /partition/mem",
             ));
         }
-        if self.groups.len() >= MAX_GROUPS {
-            return Err(Error::new(
-                Errno::Enomem,
-                path,
-                format!("at most {MAX_GROUPS} groups"),
-            ));
-        }
         let (uid, gid) = cred.owner();
+        crate::quota::admit("groups", &path, MAX_GROUPS, self.groups.len(), uid, || {
+            self.groups.values().filter(|g| g.perm.uid == uid).count()
+        })?;
         self.groups.insert(
             name.to_string(),
             Group {

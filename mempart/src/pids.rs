@@ -118,6 +118,11 @@ impl<V> PidMap<V> {
     pub fn pids(&self) -> impl Iterator<Item = Pid> + '_ {
         self.entries.iter().map(|(pid, _)| *pid)
     }
+
+    /// Every value held, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.entries.iter().map(|(_, v)| v)
+    }
 }
 
 #[cfg(test)]

@@ -205,13 +205,20 @@ impl Engine {
                 "already tracked",
             ));
         }
-        if self.procs.len() >= MAX_PROCESSES {
-            return Err(Error::new(
-                Errno::Enomem,
-                pid_subject(pid),
-                format!("at most {MAX_PROCESSES} processes"),
-            ));
-        }
+        let uid = owner.owner().0;
+        crate::quota::admit(
+            "processes",
+            &pid_subject(pid),
+            MAX_PROCESSES,
+            self.procs.len(),
+            uid,
+            || {
+                self.procs
+                    .values()
+                    .filter(|p| p.cred.owner().0 == uid)
+                    .count()
+            },
+        )?;
         let parent = parent
             .map(|p| self.controlled_process(registrar, p))
             .transpose()?;
@@ -669,13 +676,15 @@ impl Engine {
         if self.objects.contains_key(name) {
             return Err(Error::new(Errno::Eexist, name, "object already exists"));
         }
-        if self.objects.len() >= MAX_OBJECTS {
-            return Err(Error::new(
-                Errno::Enomem,
-                name,
-                format!("at most {MAX_OBJECTS} objects"),
-            ));
-        }
+        let uid = proc.cred.owner().0;
+        crate::quota::admit(
+            "objects",
+            name,
+            MAX_OBJECTS,
+            self.objects.len(),
+            uid,
+            || self.objects.values().filter(|o| o.owner == uid).count(),
+        )?;
         let part = proc
             .assocs
             .iter()

@@ -349,3 +349,49 @@ fn an_exit_after_a_report_below_the_charge_completes_and_leaves_nothing() {
     }
     ok(e.destroy(&HOST, apps));
 }
+
+/// One user fills its share of the global partition and subscription limits: it is
+/// refused there while another user and root carry on.
+#[test]
+fn one_user_holds_at_most_a_share_of_each_global_limit() {
+    use mempart::{EventFilter, MAX_SUBSCRIPTIONS};
+    let mut e = ok(Engine::new(&[ClassSpec::new("sysram", 1 << 30)]));
+    for uid in [1000, 1001] {
+        let home = format!("/partition/mem/sysram/u{uid}");
+        ok(e.create(&HOST, &home, NewPartition::default()));
+        ok(e.chown(&HOST, &home, uid, uid));
+    }
+    let mallory = Credential::guest(1000, 1000);
+    let share = MAX_PARTITIONS / 4;
+    for i in 1..share {
+        ok(e.create(
+            &mallory,
+            &format!("/partition/mem/sysram/u1000/p{i}"),
+            NewPartition::default(),
+        ));
+    }
+    let refused = e
+        .create(
+            &mallory,
+            "/partition/mem/sysram/u1000/one-more",
+            NewPartition::default(),
+        )
+        .err()
+        .map(|e| (e.errno, e.to_string()));
+    assert!(
+        matches!(&refused, Some((Errno::Enomem, m)) if m.contains("one user's share")),
+        "{refused:?}"
+    );
+    let alice = Credential::guest(1001, 1001);
+    ok(e.create(&alice, "/partition/mem/sysram/u1001/p", NewPartition::default()));
+    ok(e.create(&HOST, "/partition/mem/sysram/host", NewPartition::default()));
+
+    let watch = |e: &mut Engine, cred: &Credential| {
+        e.subscribe(cred, "/partition/mem/sysram/u1000", EventFilter::default(), 1)
+    };
+    for _ in 0..MAX_SUBSCRIPTIONS / 4 {
+        ok(watch(&mut e, &mallory));
+    }
+    assert_eq!(errno(watch(&mut e, &mallory)), Errno::Enomem);
+    ok(watch(&mut e, &Credential::guest_root()));
+}

@@ -12,7 +12,8 @@ use protocol::{
     MAX_FRAME, VERSION,
 };
 
-/// Most subscriptions one connection may hold.
+/// Most subscriptions one host connection may hold. The agent's connection carries every
+/// guest user's: there the engine's per-user shares apply instead.
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
 
 /// The VMM's typed memory, as the service asks for it: extents of class memory made
@@ -458,7 +459,7 @@ impl PartitionService {
                 capacity,
             } => {
                 let mut mine = lock(subs);
-                if mine.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
+                if authority == Authority::Host && mine.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
                     return Err(mempart::Error::new(
                         Errno::Enomem,
                         path,
