@@ -383,11 +383,20 @@ fn one_user_holds_at_most_a_share_of_each_global_limit() {
         "{refused:?}"
     );
     let alice = Credential::guest(1001, 1001);
-    ok(e.create(&alice, "/partition/mem/sysram/u1001/p", NewPartition::default()));
+    ok(e.create(
+        &alice,
+        "/partition/mem/sysram/u1001/p",
+        NewPartition::default(),
+    ));
     ok(e.create(&HOST, "/partition/mem/sysram/host", NewPartition::default()));
 
     let watch = |e: &mut Engine, cred: &Credential| {
-        e.subscribe(cred, "/partition/mem/sysram/u1000", EventFilter::default(), 1)
+        e.subscribe(
+            cred,
+            "/partition/mem/sysram/u1000",
+            EventFilter::default(),
+            1,
+        )
     };
     for _ in 0..MAX_SUBSCRIPTIONS / 4 {
         ok(watch(&mut e, &mallory));
