@@ -26,12 +26,16 @@ pub enum NodeVerb {
         /// The path.
         path: String,
     },
-    /// Set a one-way policy: terminal, config_lock or permanent.
+    /// Set a one-way policy: terminal, config_lock or permanent. Policies cannot be
+    /// cleared: asking with --clear (or POLICY=false) is refused with EPERM when set.
     Policy {
         /// The path.
         path: String,
-        /// The policy.
+        /// The policy, or POLICY=false to ask to clear it.
         policy: String,
+        /// Ask to clear the policy instead of setting it.
+        #[arg(long)]
+        clear: bool,
     },
     /// Create a pseudo partition in a group naming a real partition.
     Pseudo {
@@ -55,10 +59,18 @@ impl NodeVerb {
                 let Owner { uid, gid } = parse_owner(&owner)?;
                 Op::Chown { path, uid, gid }
             }
-            NodeVerb::Policy { path, policy } => Op::SetPolicy {
+            NodeVerb::Policy {
                 path,
-                policy: parse_policy(&policy)?,
-            },
+                policy,
+                clear,
+            } => {
+                let (policy, set) = parse_policy_change(&policy, clear)?;
+                if set {
+                    Op::SetPolicy { path, policy }
+                } else {
+                    Op::ClearPolicy { path, policy }
+                }
+            }
             NodeVerb::Pseudo { pseudo, target } => Op::Link { pseudo, target },
         })
     }
@@ -89,6 +101,23 @@ pub fn parse_owner(text: &str) -> Result<Owner, String> {
             })
         })
         .ok_or_else(|| format!("owner {text:?}: use UID:GID"))
+}
+
+/// Parses a policy change: `POLICY` or `POLICY=true` sets it, `POLICY=false` or `--clear`
+/// (`clear`) asks to clear it. Returns the policy and whether it is set.
+pub fn parse_policy_change(text: &str, clear: bool) -> Result<(Policy, bool), String> {
+    let (name, set) = match text.split_once('=') {
+        Some((name, "true")) => (name, true),
+        Some((name, "false")) => (name, false),
+        Some((_, value)) => return Err(format!("policy {text:?}: {value:?} is not true or false")),
+        None => (text, true),
+    };
+    if clear && text.contains('=') {
+        return Err(format!(
+            "policy {text:?}: give --clear or =true/=false, not both"
+        ));
+    }
+    Ok((parse_policy(name)?, set && !clear))
 }
 
 /// Parses `terminal`, `config_lock` (or `config-lock`) or `permanent`.

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of a hello: "MPRT".
 pub const MAGIC: [u8; 4] = *b"MPRT";
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// The largest frame either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
@@ -177,6 +177,14 @@ pub enum Op {
     },
     /// Set a one-way policy.
     SetPolicy {
+        /// The partition.
+        path: String,
+        /// Which policy.
+        policy: Policy,
+    },
+    /// Clear a policy: `EPERM` when it is set (policies are one-way), nothing to do when
+    /// it is not.
+    ClearPolicy {
         /// The partition.
         path: String,
         /// Which policy.

@@ -9,7 +9,7 @@
 //! | `GET /metrics` | Prometheus text: per class (resident host bytes included) and per partition |
 //! | `GET /partition/mem/...` | a partition's or class's metrics; `?list` lists instead |
 //! | `POST /partition/mem/...` | create, body `{"min": N, "max": N, "mode": N}` (all optional); in a group, `{"link": P}` makes a pseudo partition naming P |
-//! | `PATCH /partition/mem/...` with `mode`, `uid` and `gid`, or `policy` | chmod, chown, set a one-way policy |
+//! | `PATCH /partition/mem/...` with `mode`, `uid` and `gid`, `policy`, `clear_policy` or `reset_highest` | chmod, chown, set a one-way policy (clearing one is `EPERM`), reset the highest size answering the old one |
 //! | `PATCH /partition/mem/...` | change limits, body `{"min": N, "max": N}`; raising a sysram max deflates what reclaims ballooned |
 //! | `PATCH /partition/mem/...` with `"reclaim": true` | start a reclaim, body `{"max": N, "reclaim": true, "deadline_ms": N}`: 202 and its status |
 //! | `GET /reclaim`, `GET /reclaim/{id}` | reclaims' progress |
@@ -78,6 +78,9 @@ struct LimitsBody {
     uid: Option<u32>,
     gid: Option<u32>,
     policy: Option<mempart::Policy>,
+    clear_policy: Option<mempart::Policy>,
+    #[serde(default)]
+    reset_highest: bool,
 }
 
 /// Most event streams served at once.
@@ -284,7 +287,9 @@ fn json_answer(value: Value) -> Answer {
 }
 
 fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value) -> Answer {
-    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let (raw, query) = url.split_once('?').unwrap_or((url, ""));
+    let decoded = decode_path(raw)?;
+    let path = decoded.as_str();
     let host = Credential::Host;
     match (method, path) {
         (Method::Get, "/vm") => json_answer(vm.info()),
@@ -377,14 +382,31 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
 fn patch(vm: &VmHandle, path: &str, b: LimitsBody) -> Answer {
     let limits = b.min.is_some() || b.max.is_some() || b.reclaim;
     let owner = b.uid.is_some() || b.gid.is_some();
-    let kinds = [limits, b.mode.is_some(), owner, b.policy.is_some()];
+    let kinds = [
+        limits,
+        b.mode.is_some(),
+        owner,
+        b.policy.is_some(),
+        b.clear_policy.is_some(),
+        b.reset_highest,
+    ];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(ApiError(
             400,
-            "give one change: limits (min, max, reclaim), mode, uid and gid, or policy".into(),
+            "give one change: limits (min, max, reclaim), mode, uid and gid, policy, \
+             clear_policy or reset_highest"
+                .into(),
         ));
     }
     let host = Credential::Host;
+    if b.reset_highest {
+        let old = vm.with_engine(|e| e.reset_highest(&host, path))?;
+        return json_answer(json!({ "highest": old }));
+    }
+    if let Some(policy) = b.clear_policy {
+        vm.with_engine(|e| e.clear_policy(&host, path, policy))?;
+        return json_answer(json!({ "cleared": policy }));
+    }
     if let Some(mode) = b.mode {
         vm.with_engine(|e| e.chmod(&host, path, mode))?;
         return json_answer(json!({ "mode": mode }));
@@ -523,32 +545,39 @@ fn stream_events(
     }
 }
 
-/// Decodes `%XX` escapes and `+` of a query value (paths may hold spaces).
+/// Decodes a query value: `+` is a space, `%XX` a byte.
 fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b, hex) {
-            (b'%', Some(decoded)) => {
-                out.push(decoded);
-                i += 3;
+    let spaced = value.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Decodes a resource path segment by segment (`%20` is a space). A segment that
+/// decodes to a name holding `/` or NUL, or to bytes that are not UTF-8, is refused: it
+/// would name something else than what was sent.
+fn decode_path(raw: &str) -> Result<String, ApiError> {
+    let segments = raw
+        .split('/')
+        .map(|segment| {
+            let name = percent_encoding::percent_decode_str(segment)
+                .decode_utf8()
+                .map_err(|_| {
+                    ApiError(
+                        400,
+                        format!("EINVAL: {raw}: {segment:?} is not UTF-8 once decoded"),
+                    )
+                })?;
+            if name.contains(['/', '\0']) {
+                return Err(ApiError(
+                    400,
+                    format!("EINVAL: {raw}: the name {name:?} holds '/' or NUL"),
+                ));
             }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+            Ok(name.into_owned())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(segments.join("/"))
 }
 
 /// Escapes a label value for the Prometheus text format.

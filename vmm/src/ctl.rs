@@ -58,6 +58,34 @@ pub fn request(sock: &Path, method: &str, path: &str, body: &str) -> Result<Stri
     }
 }
 
+/// Bytes escaped in a resource path: controls, space, `%` and what HTTP gives a meaning
+/// (`?`, `#`, …); `/` stays the separator. Bytes beyond ASCII are always escaped.
+const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'+')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// Bytes escaped in a query value: everything but letters, digits and `/-_.`.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.');
+
+/// A name-space path as it goes into a request line: `"/partition/mem/class 1"` becomes
+/// `/partition/mem/class%201`.
+pub fn encode_path(path: &str) -> String {
+    percent_encoding::utf8_percent_encode(path, PATH).to_string()
+}
+
 /// The API's refusal: its status and the message of its JSON error (or the body).
 fn refusal(status: u16, body: String) -> CtlError {
     let message = serde_json::from_str::<serde_json::Value>(&body)
@@ -79,15 +107,7 @@ pub fn follow_events(
         source,
     };
     let mut stream = UnixStream::connect(sock).map_err(io)?;
-    let query: String = path
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let query = percent_encoding::utf8_percent_encode(path, QUERY_VALUE).to_string();
     let request = format!(
         "GET /events?path={query} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     );

@@ -187,6 +187,9 @@ enum Verb {
     Stat {
         /// The path.
         path: String,
+        /// Print the highest size and reset it to the current one.
+        #[arg(long)]
+        reset_highest: bool,
     },
     /// Create a partition (host authority).
     Create {
@@ -245,7 +248,7 @@ enum Verb {
 }
 
 fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCode> {
-    use vmm::ctl::request;
+    use vmm::ctl::{encode_path as encode, request};
     let size = |s: &Option<String>| -> anyhow::Result<Option<u64>> {
         s.as_deref()
             .map(|t| mempart::topology::parse_size(t).map_err(anyhow::Error::msg))
@@ -256,10 +259,24 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCod
         Verb::Config => ("GET", "/config".to_string(), String::new()),
         Verb::Ls { path } => (
             "GET",
-            format!("{}?list", path.as_deref().unwrap_or(mempart::MEM_ROOT)),
+            format!(
+                "{}?list",
+                encode(path.as_deref().unwrap_or(mempart::MEM_ROOT))
+            ),
             String::new(),
         ),
-        Verb::Stat { path } => ("GET", path.clone(), String::new()),
+        Verb::Stat {
+            path,
+            reset_highest: false,
+        } => ("GET", encode(path), String::new()),
+        Verb::Stat {
+            path,
+            reset_highest: true,
+        } => (
+            "PATCH",
+            encode(path),
+            serde_json::json!({ "reset_highest": true }).to_string(),
+        ),
         Verb::Create {
             path,
             min,
@@ -272,11 +289,11 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCod
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
             let body = serde_json::json!({ "min": size(min)?, "max": size(max)?, "mode": mode });
-            ("POST", path.clone(), body.to_string())
+            ("POST", encode(path), body.to_string())
         }
         Verb::Set { path, min, max } => {
             let body = serde_json::json!({ "min": size(min)?, "max": size(max)? });
-            ("PATCH", path.clone(), body.to_string())
+            ("PATCH", encode(path), body.to_string())
         }
         Verb::Reclaim {
             path,
@@ -290,26 +307,36 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCod
             })?;
             return Ok(ExitCode::SUCCESS);
         }
-        Verb::Node(NodeVerb::Destroy { path }) => ("DELETE", path.clone(), String::new()),
+        Verb::Node(NodeVerb::Destroy { path }) => ("DELETE", encode(path), String::new()),
         Verb::Node(NodeVerb::Chmod { mode, path }) => {
             let mode = parse_mode(mode).map_err(anyhow::Error::msg)?;
             let body = serde_json::json!({ "mode": mode });
-            ("PATCH", path.clone(), body.to_string())
+            ("PATCH", encode(path), body.to_string())
         }
         Verb::Node(NodeVerb::Chown { owner, path }) => {
             let owner = parse_owner(owner).map_err(anyhow::Error::msg)?;
             let body = serde_json::json!({ "uid": owner.uid, "gid": owner.gid });
-            ("PATCH", path.clone(), body.to_string())
+            ("PATCH", encode(path), body.to_string())
         }
-        // The API names the policies it knows.
-        Verb::Node(NodeVerb::Policy { path, policy }) => (
-            "PATCH",
-            path.clone(),
-            serde_json::json!({ "policy": policy }).to_string(),
-        ),
+        Verb::Node(NodeVerb::Policy {
+            path,
+            policy,
+            clear,
+        }) => {
+            let (policy, set) =
+                protocol::cli::parse_policy_change(policy, *clear).map_err(anyhow::Error::msg)?;
+            let field = if set { "policy" } else { "clear_policy" };
+            let mut body = serde_json::Map::new();
+            body.insert(field.into(), serde_json::to_value(policy)?);
+            (
+                "PATCH",
+                encode(path),
+                serde_json::Value::Object(body).to_string(),
+            )
+        }
         Verb::Node(NodeVerb::Pseudo { pseudo, target }) => (
             "POST",
-            pseudo.clone(),
+            encode(pseudo),
             serde_json::json!({ "link": target }).to_string(),
         ),
         Verb::Metrics => ("GET", "/metrics".to_string(), String::new()),
@@ -393,7 +420,12 @@ fn reclaim(
         "reclaim": true,
         "deadline_ms": (deadline * 1000.0) as u64,
     });
-    let answer = request(sock, "PATCH", path, &body.to_string())?;
+    let answer = request(
+        sock,
+        "PATCH",
+        &vmm::ctl::encode_path(path),
+        &body.to_string(),
+    )?;
     let mut status: ReclaimStatus = serde_json::from_str(&answer)
         .with_context(|| format!("the API's answer is not a reclaim: {answer}"))?;
     let mut shown = None;

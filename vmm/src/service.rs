@@ -406,6 +406,10 @@ impl PartitionService {
                 e.set_policy(caller, &path, policy)?;
                 Reply::Done
             }
+            Op::ClearPolicy { path, policy } => {
+                e.clear_policy(caller, &path, policy)?;
+                Reply::Done
+            }
             Op::Link { pseudo, target } => {
                 e.link(caller, &pseudo, &target)?;
                 Reply::Done

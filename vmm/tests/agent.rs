@@ -1405,3 +1405,46 @@ fn a_connection_whose_process_is_gone_registers_nobody() {
         "pid {pid}, now another process, was registered: {view:?}"
     );
 }
+
+/// Through mpctl: a partition named with a space, its highest size reset (the old one
+/// printed), a policy that cannot be cleared, and `events --follow` ending with the
+/// partition.
+#[test]
+fn mpctl_names_with_spaces_highest_reset_policies_and_events_end() {
+    const BOX: &str = "/partition/mem/fast/my box";
+    let rig = Rig::with_args("spaces", &["--no-cgroups"]);
+    rig.ok(0, &["create", BOX, "--max", "4M"]);
+    assert_eq!(rig.ok(0, &["ls", "/partition/mem/fast"]), "my box/\nsys/\n");
+    let mpctl = binary("mpctl");
+    let mpctl = mpctl.to_str().expect("utf-8");
+    let script = format!("{mpctl} alloc fast 1M --pid $$ && {mpctl} free fast 1M --pid $$");
+    rig.in_shell(0, &[BOX], &script);
+    assert_eq!(
+        rig.ok(0, &["stat", "--reset-highest", BOX]),
+        "highest      1M (reset)\n"
+    );
+    assert_eq!(
+        rig.ok(0, &["stat", "--reset-highest", BOX]),
+        "highest      0 (reset)\n"
+    );
+    rig.ok(0, &["policy", BOX, "terminal"]);
+    rig.refused(0, &["policy", BOX, "terminal", "--clear"], "EPERM");
+    rig.refused(0, &["policy", BOX, "terminal=false"], "EPERM");
+    rig.ok(0, &["policy", BOX, "permanent=false"]);
+
+    let mut follower = rig
+        .mpctl_command()
+        .args(["events", BOX, "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mpctl events");
+    let mut out = BufReader::new(follower.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("subscribed");
+    assert_eq!(line, format!("subscribed to {BOX}\n"));
+    rig.ok(0, &["destroy", BOX]);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("mpctl ends");
+    assert!(rest.trim_end().ends_with("Destroyed"), "{rest}");
+    assert!(follower.wait().expect("mpctl ends").success());
+}

@@ -409,3 +409,115 @@ fn the_openapi_document_names_every_endpoint() {
         }
     }
 }
+
+/// Names with spaces in resource paths (percent-encoded), a decoded `/` refused, the
+/// highest size reset with the old one returned, and a policy that cannot be cleared.
+#[test]
+fn names_with_spaces_highest_reset_and_one_way_policies() {
+    if !kvm_available() {
+        return;
+    }
+    use mempart::{Credential, Spawn};
+    use protocol::{Client, Op, Reply};
+    let (config, rx) = common::tiny_config(guest("wait"), 1, &["sysram=64M", "class 1=16M"]);
+    let vm = Vm::new(config).expect("vm");
+    let handle = vm.handle();
+    let sock = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("api-names-{}.sock", std::process::id()));
+    let api = vmm::api::serve(&sock, handle.clone(), serde_json::json!({})).expect("api");
+    let running = std::thread::spawn(move || vm.run());
+    assert_eq!(next_line(&rx), "guest: waiting");
+
+    const BOX: &str = "/partition/mem/class%201/my%20box";
+    assert_eq!(http(&sock, "POST", BOX, r#"{"max": 4194304}"#).0, 200);
+    let (status, list) = http(&sock, "GET", "/partition/mem/class%201?list", "");
+    assert_eq!(status, 200, "{list}");
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&list)
+        .expect("json")
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(names, ["my box", "sys"]);
+    let (status, stat) = http(&sock, "GET", BOX, "");
+    assert_eq!(status, 200, "{stat}");
+    let stat: serde_json::Value = serde_json::from_str(&stat).expect("json");
+    assert_eq!(stat["path"], "/partition/mem/class 1/my box");
+
+    // A process of the box allocates 1 MiB and frees it: the highest stays until reset.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let service = handle.service();
+    std::thread::spawn(move || {
+        let reader = theirs.try_clone().expect("clone");
+        service.serve(reader, theirs, vmm::service::Authority::Guest)
+    });
+    let mut client = Client::connect(ours).expect("handshake");
+    let root = Credential::guest_root();
+    let start = Op::ProcessStart {
+        pid: 9,
+        parent: None,
+        spawn: Spawn::SetMpart(vec!["/partition/mem/class 1/my box".into()]),
+        owner: None,
+    };
+    assert_eq!(client.call(&root, start).expect("io"), Ok(Reply::Done));
+    let alloc = Op::Allocate {
+        pid: 9,
+        class: "class 1".into(),
+        bytes: 1 << 20,
+    };
+    let Ok(Reply::Granted { grant, gpa }) = client.call(&root, alloc).expect("io") else {
+        panic!("no grant");
+    };
+    let free = Op::Free { pid: 9, grant, gpa };
+    assert_eq!(client.call(&root, free).expect("io"), Ok(Reply::Done));
+    let reset = r#"{"reset_highest": true}"#;
+    let (status, old) = http(&sock, "PATCH", BOX, reset);
+    assert_eq!((status, old), (200, r#"{"highest":1048576}"#.to_string()));
+    let (_, again) = http(&sock, "PATCH", BOX, reset);
+    assert_eq!(again, r#"{"highest":0}"#);
+
+    assert_eq!(
+        http(&sock, "PATCH", BOX, r#"{"policy": "permanent"}"#).0,
+        200
+    );
+    let (status, body) = http(&sock, "PATCH", BOX, r#"{"clear_policy": "permanent"}"#);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("EPERM"), "{body}");
+    let (status, body) = http(&sock, "PATCH", BOX, r#"{"clear_policy": "terminal"}"#);
+    assert_eq!(
+        status, 200,
+        "clearing a policy that is not set changes nothing: {body}"
+    );
+
+    for (path, decoded) in [
+        ("/partition/mem/class%201/a%2Fb", "a/b"),
+        ("/partition/mem/class%201/a%00b", "a\u{0}b"),
+    ] {
+        let (status, body) = http(&sock, "POST", path, "");
+        assert_eq!(status, 400, "{path}: {body}");
+        let err: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");
+        let message = err["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("EINVAL")
+                && message.contains(path)
+                && message.contains(&format!("{decoded:?}")),
+            "{message}"
+        );
+    }
+    let (status, list) = http(&sock, "GET", "/partition/mem/class%201?list", "");
+    assert_eq!(status, 200);
+    assert!(!list.contains("a/b") && !list.contains("a%2Fb"), "{list}");
+    assert_eq!(http(&sock, "DELETE", BOX, "").0, 403, "permanent");
+
+    api.stop();
+    handle
+        .write_sysram(0x80000, &1u64.to_le_bytes())
+        .expect("mailbox");
+    assert_eq!(
+        running.join().expect("vm thread").expect("vm ran"),
+        VmExit::Reset
+    );
+}

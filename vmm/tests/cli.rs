@@ -238,7 +238,7 @@ fn ctl_queries_and_reshapes_a_running_vm() {
     std::fs::write(
         &config,
         format!(
-            "classes = [\"fast=16M\"]\ncpus = 1\napi_sock = {:?}\n",
+            "classes = [\"fast=16M\", \"class 1=8M\"]\ncpus = 1\napi_sock = {:?}\n",
             sock.display().to_string()
         ),
     )
@@ -306,7 +306,10 @@ fn ctl_queries_and_reshapes_a_running_vm() {
     );
     let out = ctl(&["--json", "config"]);
     let effective: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(effective["classes"], serde_json::json!(["fast=16M"]));
+    assert_eq!(
+        effective["classes"],
+        serde_json::json!(["fast=16M", "class 1=8M"])
+    );
     assert_eq!(effective["kernel"], kernel.to_str().expect("utf-8"));
     assert_eq!(effective["cmdline"], "console=ttyS0 reboot=k panic=-1");
     let out = ctl(&["create", "/partition/mem/fast/y", "--max", "8M"]);
@@ -372,6 +375,43 @@ fn ctl_queries_and_reshapes_a_running_vm() {
     assert_eq!(out.status.code(), Some(0));
     let out = ctl(&["--json", "balloon"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"target_pages\":128"));
+
+    // A policy cannot be cleared, however it is asked.
+    for args in [
+        &["policy", "/partition/mem/fast/x", "terminal", "--clear"][..],
+        &["policy", "/partition/mem/fast/x", "terminal=false"],
+    ] {
+        let out = ctl(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "ctl {args:?}: {stderr}");
+        assert!(stderr.contains("EPERM"), "ctl {args:?}: {stderr}");
+    }
+
+    // Names with spaces, in a class and a partition, all the way through.
+    const BOX: &str = "/partition/mem/class 1/my box";
+    let ok = |args: &[&str]| {
+        let out = ctl(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&["create", BOX, "--max", "4M"]);
+    assert_eq!(ok(&["ls", "/partition/mem/class 1"]), "my box/\nsys/\n");
+    assert!(ok(&["stat", BOX]).contains("/partition/mem/class 1/my box"));
+    let highest = ok(&["stat", "--reset-highest", BOX]);
+    assert_eq!(
+        highest.split_whitespace().collect::<Vec<_>>(),
+        ["highest", "0"]
+    );
+    ok(&["destroy", BOX]);
+    assert_eq!(ok(&["ls", "/partition/mem/class 1"]), "sys/\n");
+    // ctl sends what it is given: here a name with a percent sign, not a slash.
+    ok(&["create", "/partition/mem/fast/a%2Fb"]);
+    assert!(ok(&["ls", "/partition/mem/fast"]).contains("a%2Fb/"));
 }
 
 #[test]

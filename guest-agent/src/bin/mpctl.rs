@@ -42,6 +42,9 @@ enum Cmd {
     Stat {
         /// The path.
         path: String,
+        /// Print the highest size and reset it to the current one.
+        #[arg(long)]
+        reset_highest: bool,
     },
     /// Create a partition (or, directly under /partition/mem, a group).
     Create {
@@ -260,7 +263,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Cmd::Stat { path } => match call(Op::Metrics { path: path.clone() }) {
+        Cmd::Stat {
+            path,
+            reset_highest: true,
+        } => {
+            if let Reply::Highest(old) = call(Op::ResetHighest { path })? {
+                if json {
+                    emit(serde_json::json!({ "highest": old }));
+                } else {
+                    println!("highest      {} (reset)", human(old));
+                }
+            }
+        }
+        Cmd::Stat {
+            path,
+            reset_highest: false,
+        } => match call(Op::Metrics { path: path.clone() }) {
             Ok(Reply::Metrics(m)) => {
                 if json {
                     emit(serde_json::json!({
@@ -501,6 +519,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                             );
                         } else {
                             println!("{} {:?}", event.seq, event.kind);
+                        }
+                        // Nothing more can happen to a partition that is gone.
+                        if event.kind == protocol::EventKind::Destroyed {
+                            break;
                         }
                     }
                     ServerFrame::Missed { count, .. } => println!("missed {count}"),
