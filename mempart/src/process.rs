@@ -11,7 +11,7 @@ use crate::ledger::{Delta, Mode, Refusal};
 use crate::name::check_name;
 use crate::partition::PartId;
 use crate::pids::PID_LIMIT;
-use crate::security::{Credential, Uid};
+use crate::security::{Access, Credential, Uid};
 
 /// A guest process id.
 pub type Pid = u32;
@@ -735,6 +735,39 @@ impl Engine {
             obj.size = size;
         }
         Ok(())
+    }
+
+    /// Resizes object `name` for `cred`: its owner, the superuser, the host, or anyone with
+    /// write permission on the object's partition. Growth is charged to that partition,
+    /// whoever grows it.
+    pub fn object_resize_as(&mut self, cred: &Credential, name: &str, size: u64) -> Result<()> {
+        let obj = self
+            .objects
+            .get(name)
+            .ok_or_else(|| Error::new(Errno::Enoent, name, "no such object"))?;
+        let writable = self.part(obj.part)?.perm.allows(cred, Access::Write);
+        if !cred.controls_uid(obj.owner) && !writable {
+            return Err(Error::new(
+                Errno::Eacces,
+                name,
+                "neither the object's owner nor allowed to write its partition",
+            ));
+        }
+        self.object_resize(name, size)
+    }
+
+    /// One shared object.
+    pub fn object(&self, name: &str) -> Result<ObjectInfo> {
+        let o = self
+            .objects
+            .get(name)
+            .ok_or_else(|| Error::new(Errno::Enoent, name, "no such object"))?;
+        Ok(ObjectInfo {
+            name: name.to_string(),
+            partition: self.path_of(o.part)?,
+            size: o.size,
+            owner: o.owner,
+        })
     }
 
     /// Removes object `name` and frees its memory (its creator, the superuser or the host).

@@ -23,8 +23,8 @@ pub mod cli;
 pub use mempart::topology::parse_size;
 pub use mempart::{
     Association, ClassMetrics, Credential, DirEntry, EntryKind, Event, EventFilter, EventKind,
-    Grant, Limits, PartitionMetrics, PartitionType, Perm, Pid, Policy, SetOutcome, Spawn, SubId,
-    UNLIMITED,
+    Grant, Limits, ObjectInfo, PartitionMetrics, PartitionType, Perm, Pid, Policy, SetOutcome,
+    Spawn, SubId, UNLIMITED,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of a hello: "MPRT".
 pub const MAGIC: [u8; 4] = *b"MPRT";
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// The largest frame either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
@@ -116,6 +116,17 @@ pub enum ServerFrame {
     },
 }
 
+/// How a shared object's size changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SizeChange {
+    /// To this many bytes.
+    To(u64),
+    /// By this many more bytes.
+    Grow(u64),
+    /// By this many fewer bytes.
+    Shrink(u64),
+}
+
 /// An operation on the partition name space, a process or an allocation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
@@ -190,6 +201,31 @@ pub enum Op {
         /// Which policy.
         policy: Policy,
     },
+    /// Create an empty shared-memory object charged to process `pid`'s partition of
+    /// `class`; it persists after the process exits, until unlinked.
+    ObjectCreate {
+        /// The creating process.
+        pid: Pid,
+        /// The class.
+        class: String,
+        /// The object's name.
+        name: String,
+    },
+    /// Resize a shared object (its owner, or anyone who may write its partition): growth
+    /// is charged to the object's partition, whoever grows it.
+    ObjectResize {
+        /// The object.
+        name: String,
+        /// The new size, or how much to add or take away.
+        change: SizeChange,
+    },
+    /// Remove a shared object and free its memory (its owner or the superuser).
+    ObjectUnlink {
+        /// The object.
+        name: String,
+    },
+    /// Every shared object, with its partition and size.
+    Objects,
     /// Create a pseudo partition naming a real one.
     Link {
         /// `/partition/mem/<group>/<name>`.
@@ -319,6 +355,8 @@ pub enum Reply {
     Outcome(SetOutcome),
     /// A previous highest size.
     Highest(u64),
+    /// Shared objects.
+    Objects(Vec<ObjectInfo>),
     /// A process's associations.
     Associations(Vec<Association>),
     /// A new subscription.

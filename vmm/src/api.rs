@@ -15,6 +15,7 @@
 //! | `GET /reclaim`, `GET /reclaim/{id}` | reclaims' progress |
 //! | `GET /events?path=P` | a stream of P's events, one JSON object per line, until the client leaves |
 //! | `DELETE /partition/mem/...` | destroy |
+//! | `GET /objects`, `DELETE /objects/{name}` | shared objects with their partition and size; unlink one |
 //! | `GET /balloon` | target, actual, released pages, statistics |
 //! | `PUT /balloon` | body `{"target_pages": N}` |
 
@@ -300,6 +301,12 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
             content_type: "text/plain; version=0.0.4",
         }),
         (Method::Get, "/reclaim") => json_answer(json!(vm.reclaimer().list())),
+        (Method::Get, "/objects") => json_answer(json!(vm.with_engine(|e| e.objects())?)),
+        (Method::Delete, p) if p.starts_with("/objects/") => {
+            let name = p.trim_start_matches("/objects/");
+            vm.with_engine(|e| e.object_unlink(&host, name))?;
+            json_answer(json!({ "unlinked": name }))
+        }
         (Method::Get, p) if p.starts_with("/reclaim/") => {
             let id = p
                 .trim_start_matches("/reclaim/")

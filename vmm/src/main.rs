@@ -237,6 +237,14 @@ enum Verb {
     },
     #[command(flatten)]
     Node(NodeVerb),
+    /// Shared-memory objects: `ls` lists them with their partition and size, `unlink
+    /// NAME` removes one and frees its memory.
+    Shm {
+        /// ls or unlink.
+        action: String,
+        /// The object, for unlink.
+        name: Option<String>,
+    },
     /// Prometheus metrics.
     Metrics,
     /// The balloon's figures; --target sets its target in 4 KiB pages.
@@ -340,6 +348,15 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCod
             serde_json::json!({ "link": target }).to_string(),
         ),
         Verb::Metrics => ("GET", "/metrics".to_string(), String::new()),
+        Verb::Shm { action, name } => match (action.as_str(), name) {
+            ("ls", None) => ("GET", "/objects".to_string(), String::new()),
+            ("unlink", Some(name)) => (
+                "DELETE",
+                format!("/objects/{}", encode(name)),
+                String::new(),
+            ),
+            _ => anyhow::bail!("shm: give `ls` or `unlink NAME`"),
+        },
         Verb::Balloon { target: Some(t) } => (
             "PUT",
             "/balloon".to_string(),
@@ -357,6 +374,17 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCod
         (Verb::Ls { .. }, serde_json::Value::Array(entries)) => {
             for e in entries {
                 println!("{}/", e["name"].as_str().unwrap_or("?"));
+            }
+        }
+        (Verb::Shm { .. }, serde_json::Value::Array(objects)) => {
+            for o in objects {
+                println!(
+                    "{:<24} {:>12}  uid {:<6} {}",
+                    o["name"].as_str().unwrap_or("?"),
+                    o["size"],
+                    o["owner"],
+                    o["partition"].as_str().unwrap_or("?")
+                );
             }
         }
         (_, serde_json::Value::Object(_)) => print_flat("", &value),

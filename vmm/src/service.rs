@@ -8,8 +8,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use mempart::{Credential, Engine, Errno, NewPartition, SubId};
 use protocol::{
-    read_frame, write_frame, ClientFrame, Op, ProtocolError, Reply, ServerFrame, WireError, MAGIC,
-    MAX_FRAME, VERSION,
+    read_frame, write_frame, ClientFrame, Op, ProtocolError, Reply, ServerFrame, SizeChange,
+    WireError, MAGIC, MAX_FRAME, VERSION,
 };
 
 /// Most subscriptions one host connection may hold. The agent's connection carries every
@@ -280,6 +280,7 @@ impl PartitionService {
             let reads_only = matches!(
                 op,
                 Op::List { .. }
+                    | Op::Objects
                     | Op::Metrics { .. }
                     | Op::ClassMetrics { .. }
                     | Op::Stat { .. }
@@ -410,6 +411,40 @@ impl PartitionService {
                 e.clear_policy(caller, &path, policy)?;
                 Reply::Done
             }
+            Op::ObjectCreate { pid, class, name } => {
+                e.may_act_for(caller, pid)?;
+                let id = e.class_id(&class).ok_or_else(|| {
+                    mempart::Error::new(
+                        Errno::Enoent,
+                        format!("{}/{class}", mempart::MEM_ROOT),
+                        "no such class",
+                    )
+                })?;
+                e.object_create(pid, &name, id)?;
+                Reply::Done
+            }
+            Op::ObjectResize { name, change } => {
+                let size = e.object(&name)?.size;
+                let new = match change {
+                    SizeChange::To(to) => Some(to),
+                    SizeChange::Grow(by) => size.checked_add(by),
+                    SizeChange::Shrink(by) => size.checked_sub(by),
+                };
+                let new = new.ok_or_else(|| {
+                    mempart::Error::new(
+                        Errno::Einval,
+                        &name,
+                        format!("{change:?} of an object of {size} bytes is out of range"),
+                    )
+                })?;
+                e.object_resize_as(caller, &name, new)?;
+                Reply::Done
+            }
+            Op::ObjectUnlink { name } => {
+                e.object_unlink(caller, &name)?;
+                Reply::Done
+            }
+            Op::Objects => Reply::Objects(e.objects()?),
             Op::Link { pseudo, target } => {
                 e.link(caller, &pseudo, &target)?;
                 Reply::Done

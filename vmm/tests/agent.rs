@@ -1448,3 +1448,72 @@ fn mpctl_names_with_spaces_highest_reset_policies_and_events_end() {
     assert!(rest.trim_end().ends_with("Destroyed"), "{rest}");
     assert!(follower.wait().expect("mpctl ends").success());
 }
+
+/// A shared object created by a process in partition `a` and grown by a process in `b`
+/// is charged to `a` alone, outlives its creator, is refused to a user who may not
+/// write `a`, and unlinking it frees the charge.
+#[test]
+fn a_shared_object_is_charged_to_its_partition_and_outlives_its_creator() {
+    use protocol::{Client, Op, Reply, ServerFrame};
+    const A: &str = "/partition/mem/fast/a";
+    const B: &str = "/partition/mem/fast/b";
+    let rig = Rig::with_args("shm", &["--no-cgroups"]);
+    rig.ok(0, &["create", A, "--max", "8M"]);
+    rig.ok(0, &["create", B, "--max", "8M", "--mode", "777"]);
+    let mut watcher =
+        Client::connect(UnixStream::connect(rig.dir.join("service.sock")).expect("service"))
+            .expect("handshake");
+    let subscribe = Op::Subscribe {
+        path: A.into(),
+        filter: mempart::EventFilter::default(),
+        capacity: 64,
+    };
+    let subscribed = watcher
+        .call(&Credential::guest_root(), subscribe)
+        .expect("io");
+    assert!(
+        matches!(subscribed, Ok(Reply::Subscribed(_))),
+        "{subscribed:?}"
+    );
+    let mpctl = binary("mpctl");
+    let mpctl = mpctl.to_str().expect("utf-8");
+    rig.in_shell(0, &[A], &format!("{mpctl} shm create obj fast --pid $$"));
+    // The creator has exited once the engine has taken it out of `a`.
+    loop {
+        match watcher.next_event().expect("event") {
+            ServerFrame::Event { event, .. }
+                if matches!(event.kind, mempart::EventKind::ProcessDisassociated { .. }) =>
+            {
+                break
+            }
+            _ => {}
+        }
+    }
+    let grow = format!("{mpctl} shm grow obj 2M");
+    let denied = rig.mpctl(1000, &["run", "--part", B, "--", "/bin/sh", "-c", &grow]);
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert_eq!(denied.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("EACCES"), "{stderr}");
+    let used = |path: &str| {
+        rig.engine
+            .lock()
+            .expect("engine")
+            .metrics(&Credential::Host, path)
+            .expect("metrics")
+            .used
+    };
+    assert_eq!((used(A), used(B)), (0, 0), "uid 1000 may not write a");
+    rig.in_shell(0, &[B], &format!("{mpctl} shm grow obj 2M"));
+    assert_eq!((used(A), used(B)), (2 * MIB, 0));
+    let listing = rig.ok(0, &["shm", "ls"]);
+    assert!(
+        listing.starts_with("obj") && listing.contains("2M") && listing.contains(A),
+        "{listing}"
+    );
+    rig.refused(0, &["destroy", A], "EBUSY");
+    rig.refused(1000, &["shm", "unlink", "obj"], "EACCES");
+    rig.ok(0, &["shm", "unlink", "obj"]);
+    assert_eq!(used(A), 0);
+    assert_eq!(rig.ok(0, &["shm", "ls"]), "");
+    rig.ok(0, &["destroy", A]);
+}

@@ -394,6 +394,8 @@ fn the_openapi_document_names_every_endpoint() {
         ("/reclaim:", &["get:"][..]),
         ("/reclaim/{id}:", &["get:"][..]),
         ("/events:", &["get:"][..]),
+        ("/objects:", &["get:"][..]),
+        ("/objects/{name}:", &["delete:"][..]),
         (
             "/partition/mem/{path}:",
             &["get:", "post:", "patch:", "delete:"][..],
@@ -478,6 +480,30 @@ fn names_with_spaces_highest_reset_and_one_way_policies() {
     assert_eq!((status, old), (200, r#"{"highest":1048576}"#.to_string()));
     let (_, again) = http(&sock, "PATCH", BOX, reset);
     assert_eq!(again, r#"{"highest":0}"#);
+
+    // A shared object of the box, listed and unlinked through the API.
+    let create = Op::ObjectCreate {
+        pid: 9,
+        class: "class 1".into(),
+        name: "shared one".into(),
+    };
+    assert_eq!(client.call(&root, create).expect("io"), Ok(Reply::Done));
+    let grow = Op::ObjectResize {
+        name: "shared one".into(),
+        change: protocol::SizeChange::Grow(1 << 20),
+    };
+    assert_eq!(client.call(&root, grow).expect("io"), Ok(Reply::Done));
+    let (status, objects) = http(&sock, "GET", "/objects", "");
+    assert_eq!(status, 200);
+    let objects: serde_json::Value = serde_json::from_str(&objects).expect("json");
+    assert_eq!(
+        objects,
+        serde_json::json!([{ "name": "shared one", "partition": "/partition/mem/class 1/my box",
+            "size": 1 << 20, "owner": 0 }])
+    );
+    assert_eq!(http(&sock, "DELETE", "/objects/shared%20one", "").0, 200);
+    assert_eq!(http(&sock, "DELETE", "/objects/shared%20one", "").0, 404);
+    assert_eq!(http(&sock, "GET", "/objects", "").1, "[]");
 
     assert_eq!(
         http(&sock, "PATCH", BOX, r#"{"policy": "permanent"}"#).0,

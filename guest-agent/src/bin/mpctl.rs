@@ -13,7 +13,7 @@ use guest_agent::{DEFAULT_SOCKET, SOCKET_ENV};
 use protocol::cli::{parse_mode, NodeVerb};
 use protocol::{
     parse_size, Client, Credential, EntryKind, EventFilter, Grant, Limits, Op, PartitionMetrics,
-    Reply, ServerFrame, WireError, UNLIMITED,
+    Reply, ServerFrame, SizeChange, WireError, UNLIMITED,
 };
 
 /// Browse and shape memory partitions from inside the guest.
@@ -28,6 +28,41 @@ struct Cli {
     json: bool,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Shm {
+    /// Create an empty object in this process's partition of a class.
+    Create {
+        /// The object's name.
+        name: String,
+        /// The class.
+        class: String,
+        /// Create it for this process (default: mpctl's parent, e.g. your shell).
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Grow an object by SIZE (charged to the object's partition).
+    Grow {
+        /// The object.
+        name: String,
+        /// Bytes to add (e.g. 4M).
+        size: String,
+    },
+    /// Shrink an object by SIZE.
+    Shrink {
+        /// The object.
+        name: String,
+        /// Bytes to take away.
+        size: String,
+    },
+    /// Remove an object and free its memory.
+    Unlink {
+        /// The object.
+        name: String,
+    },
+    /// List every object with its partition, size and owner.
+    Ls,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +111,10 @@ enum Cmd {
     },
     #[command(flatten)]
     Node(NodeVerb),
+    /// Shared-memory objects: named, charged to the partition they were created in
+    /// (whoever grows them), kept after their creator exits until unlinked.
+    #[command(subcommand)]
+    Shm(Shm),
     /// Associate a process (default: mpctl's parent) with a partition or group.
     Assoc {
         /// The partition or group.
@@ -481,6 +520,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 println!("freed {}", human(bytes));
             }
         }
+        Cmd::Shm(verb) => shm(verb, parent, json, &mut call)?,
         Cmd::Events {
             path,
             threshold,
@@ -528,6 +568,48 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     ServerFrame::Missed { count, .. } => println!("missed {count}"),
                     other => return Err(Failure::Agent(format!("unexpected {other:?}"))),
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Carries out a shared-object verb; `parent` is the default process.
+fn shm(
+    verb: Shm,
+    parent: u32,
+    json: bool,
+    call: &mut dyn FnMut(Op) -> Result<Reply, Failure>,
+) -> Result<(), Failure> {
+    let op = match verb {
+        Shm::Create { name, class, pid } => Op::ObjectCreate {
+            pid: pid.unwrap_or(parent),
+            class,
+            name,
+        },
+        Shm::Grow { name, size: s } => Op::ObjectResize {
+            name,
+            change: SizeChange::Grow(size(&s).map_err(Failure::Usage)?),
+        },
+        Shm::Shrink { name, size: s } => Op::ObjectResize {
+            name,
+            change: SizeChange::Shrink(size(&s).map_err(Failure::Usage)?),
+        },
+        Shm::Unlink { name } => Op::ObjectUnlink { name },
+        Shm::Ls => Op::Objects,
+    };
+    if let Reply::Objects(objects) = call(op)? {
+        for o in objects {
+            if json {
+                println!("{}", serde_json::json!(o));
+            } else {
+                println!(
+                    "{:<24} {:>8}  uid {:<6} {}",
+                    o.name,
+                    human(o.size),
+                    o.owner,
+                    o.partition
+                );
             }
         }
     }
