@@ -107,7 +107,7 @@ pub enum VmExit {
 }
 
 impl VmExit {
-    /// The process exit code documented in the README: 0 for a guest that shut down,
+    /// The process exit code documented in docs/guide/running-guests.md: 0 for a guest that shut down,
     /// 3 for a guest that crashed.
     pub fn code(&self) -> i32 {
         match self {
