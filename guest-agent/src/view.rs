@@ -47,6 +47,9 @@ enum Kind {
     Pseudo(String),
     /// The `metrics` file of a class (`true`) or partition (`false`).
     Metrics { class: bool },
+    /// A shared object charged to the partition: a file of the object's size whose text
+    /// describes it.
+    Object(u64),
 }
 
 impl Kind {
@@ -57,6 +60,7 @@ impl Kind {
             EntryKind::Partition => Kind::Partition,
             EntryKind::Process => Kind::Process(name.parse().unwrap_or(0)),
             EntryKind::Pseudo { target } => Kind::Pseudo(target),
+            EntryKind::Object { size } => Kind::Object(size),
         }
     }
 
@@ -66,7 +70,7 @@ impl Kind {
                 FileType::Directory
             }
             Kind::Process(_) | Kind::Pseudo(_) => FileType::Symlink,
-            Kind::Metrics { .. } => FileType::RegularFile,
+            Kind::Metrics { .. } | Kind::Object(_) => FileType::RegularFile,
         }
     }
 }
@@ -271,7 +275,7 @@ impl PartitionView {
                     (uid, gid, perm) = owner(&p);
                 }
             }
-            Kind::Metrics { .. } => perm = 0o444,
+            Kind::Metrics { .. } | Kind::Object(_) => perm = 0o444,
             Kind::Process(_) | Kind::Pseudo(_) => perm = 0o777,
             Kind::Root => {}
         }
@@ -280,6 +284,7 @@ impl PartitionView {
             ino: INodeNo(ino),
             size: match kind {
                 Kind::Process(_) | Kind::Pseudo(_) => link_target(path, kind).len() as u64,
+                Kind::Object(size) => *size,
                 _ => 0,
             },
             blocks: 0,
@@ -331,6 +336,16 @@ fn key_values(pairs: &[(&str, String)]) -> String {
         .iter()
         .map(|(key, value)| format!("{key} {value}\n"))
         .collect()
+}
+
+/// The text of a shared object's file: its size, owner, mappers and partition.
+pub fn render_object(o: &protocol::ObjectInfo) -> String {
+    key_values(&[
+        ("size", o.size.to_string()),
+        ("owner", o.owner.to_string()),
+        ("mappers", o.mappers.to_string()),
+        ("partition", o.partition.clone()),
+    ])
 }
 
 /// The text of a partition's `metrics` file: one `key value` line per figure, sizes in
@@ -485,15 +500,24 @@ impl Filesystem for PartitionView {
             return;
         }
         let opened = self.node(ino).and_then(|(path, kind)| {
-            let Kind::Metrics { class } = kind else {
-                return Err(Errno::EISDIR);
+            let caller = caller_of(req);
+            let class = match kind {
+                Kind::Metrics { class } => class,
+                Kind::Object(_) => {
+                    let name = path.rsplit('/').next().unwrap_or_default().to_string();
+                    let Reply::Objects(found) = self.call(&caller, Op::ObjectStat { name })? else {
+                        return Err(Errno::EIO);
+                    };
+                    let text: String = found.iter().map(render_object).collect();
+                    return self.table().open(Open::File(text.into_bytes()));
+                }
+                _ => return Err(Errno::EISDIR),
             };
             let of = path
                 .strip_suffix(METRICS_FILE)
                 .and_then(|p| p.strip_suffix('/'))
                 .ok_or(Errno::ENOENT)?
                 .to_string();
-            let caller = caller_of(req);
             let text = if class {
                 match self.call(&caller, Op::ClassMetrics { path: of })? {
                     Reply::Class(c) => render_class(&c),

@@ -8,12 +8,13 @@ use crate::events::{EventKind, Subscription, Target};
 use crate::ledger::{Delta, LeafChange, Ledger, Mode, Record, Refusal, CLASS_LEVEL};
 use crate::name::{check_name, check_partition_name, components, MEM_ROOT};
 use crate::namespace::{Group, Node};
+use crate::objects::Objects;
 use crate::partition::{
     Limits, NewPartition, PartId, Partition, PartitionConfig, PartitionMetrics, SetOutcome,
     UNLIMITED,
 };
 use crate::pids::PidMap;
-use crate::process::{Process, SharedObject};
+use crate::process::Process;
 use crate::security::{Access, Credential, Perm, Policies, Policy, MODE_MASK};
 use crate::slab::Slab;
 
@@ -42,7 +43,7 @@ pub struct Engine {
     pub(crate) ledger: Ledger,
     pub(crate) groups: BTreeMap<String, Group>,
     pub(crate) procs: PidMap<Process>,
-    pub(crate) objects: BTreeMap<String, SharedObject>,
+    pub(crate) objects: Objects,
     pub(crate) subs: Slab<Subscription>,
 }
 
@@ -69,7 +70,7 @@ impl Engine {
             ledger: Ledger::default(),
             groups: BTreeMap::new(),
             procs: PidMap::default(),
-            objects: BTreeMap::new(),
+            objects: Objects::default(),
             subs: Slab::default(),
         };
         for spec in classes {

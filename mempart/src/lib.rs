@@ -30,6 +30,7 @@ mod events;
 mod ledger;
 mod name;
 mod namespace;
+mod objects;
 mod partition;
 mod pids;
 mod process;
@@ -46,10 +47,11 @@ pub use events::{
 };
 pub use name::{check_name, components, join, MEM_ROOT, NAME_MAX, PATH_MAX, RESERVED_NAME};
 pub use namespace::{DirEntry, EntryKind, Node, MAX_GROUPS};
+pub use objects::{ObjectId, ObjectInfo, MAX_MAPS_PER_PROCESS, MAX_OBJECTS};
 pub use partition::{
     Limits, NewPartition, PartId, PartitionConfig, PartitionMetrics, PartitionType, SetOutcome,
     UNLIMITED,
 };
 pub use pids::PID_LIMIT;
-pub use process::{Association, Grant, ObjectInfo, Pid, Spawn, MAX_OBJECTS, MAX_PROCESSES};
+pub use process::{Association, Grant, Pid, Spawn, MAX_PROCESSES};
 pub use security::{Access, Credential, Gid, Perm, Policies, Policy, Uid, MODE_MASK};

@@ -66,6 +66,11 @@ pub enum EntryKind {
         /// Path of the real partition.
         target: String,
     },
+    /// A shared-memory object charged to the partition, and its size.
+    Object {
+        /// Its size in bytes.
+        size: u64,
+    },
 }
 
 /// A partition group as the engine keeps it.
@@ -218,6 +223,11 @@ impl Engine {
                     p.processes
                         .iter()
                         .map(|pid| entry(&pid.to_string(), EntryKind::Process)),
+                );
+                out.extend(
+                    self.objects
+                        .charged_to(id)
+                        .map(|(name, size)| entry(name, EntryKind::Object { size })),
                 );
                 Ok(out)
             }

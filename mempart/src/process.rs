@@ -1,4 +1,4 @@
-//! Processes and shared objects: associations, inheritance, allocation on their behalf, exit.
+//! Processes: associations, inheritance, allocation on their behalf, exit.
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -8,18 +8,16 @@ use crate::engine::{notify, Engine};
 use crate::error::{Errno, Error, Result};
 use crate::events::EventKind;
 use crate::ledger::{Delta, Mode, Refusal};
-use crate::name::check_name;
+use crate::objects::ObjectId;
 use crate::partition::PartId;
 use crate::pids::PID_LIMIT;
-use crate::security::{Access, Credential, Uid};
+use crate::security::Credential;
 
 /// A guest process id.
 pub type Pid = u32;
 
 /// Most processes one engine tracks.
 pub const MAX_PROCESSES: usize = 1 << 16;
-/// Most shared-memory objects one engine tracks.
-pub const MAX_OBJECTS: usize = 4096;
 
 /// How a new process gets its associations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,19 +55,6 @@ pub struct Grant {
     pub bytes: u64,
 }
 
-/// A shared-memory object as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectInfo {
-    /// Its name.
-    pub name: String,
-    /// Path of the partition it is charged to.
-    pub partition: String,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Its creator's uid.
-    pub owner: Uid,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Assoc {
     pub part: PartId,
@@ -85,13 +70,8 @@ pub(crate) struct Process {
     pub assocs: SmallVec<[Assoc; 2]>,
     /// Charges left in partitions the process has since left; freed at exit or by `free`.
     pub retained: Vec<(PartId, u64)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct SharedObject {
-    pub part: PartId,
-    pub size: u64,
-    pub owner: Uid,
+    /// Shared objects it maps.
+    pub mapped: Vec<ObjectId>,
 }
 
 /// The first of `assocs` that `wanted` picks. Most processes have one or two
@@ -106,12 +86,12 @@ fn find_assoc(assocs: &mut [Assoc], wanted: impl Fn(&Assoc) -> bool) -> Option<&
     }
 }
 
-fn pid_subject(pid: Pid) -> String {
+pub(crate) fn pid_subject(pid: Pid) -> String {
     format!("pid {pid}")
 }
 
 #[cold]
-fn no_process(pid: Pid) -> Error {
+pub(crate) fn no_process(pid: Pid) -> Error {
     Error::new(Errno::Esrch, pid_subject(pid), "no such process")
 }
 
@@ -143,7 +123,7 @@ fn frees_more(pid: Pid, bytes: u64, charged: u64) -> Error {
 }
 
 impl Engine {
-    fn process(&self, pid: Pid) -> Result<&Process> {
+    pub(crate) fn process(&self, pid: Pid) -> Result<&Process> {
         self.procs.get(pid).ok_or_else(|| no_process(pid))
     }
 
@@ -228,6 +208,7 @@ impl Engine {
             cred: owner.clone(),
             assocs,
             retained: Vec::new(),
+            mapped: Vec::new(),
         };
         // The pid is below the limit and not tracked yet (both checked above).
         if self.procs.insert(pid, process).is_err() {
@@ -634,11 +615,12 @@ impl Engine {
         )
     }
 
-    /// Process `pid` has exited: its private allocations are freed and it is disassociated.
-    /// Its shared objects stay. It completes or changes nothing: where the guest reported a
-    /// partition's use below what the process was charged there, the partition's own use
-    /// goes to zero rather than below it.
-    pub fn process_exit(&mut self, pid: Pid) -> Result<()> {
+    /// Process `pid` has exited: its private allocations are freed, it is disassociated and
+    /// its mappings of shared objects end. Returns the objects that this freed (unlinked
+    /// ones it was the last to map); the others stay. It completes or changes nothing:
+    /// where the guest reported a partition's use below what the process was charged
+    /// there, the partition's own use goes to zero rather than below it.
+    pub fn process_exit(&mut self, pid: Pid) -> Result<Vec<ObjectId>> {
         let proc = self.process(pid)?;
         let releases: Vec<(PartId, u64)> = proc
             .assocs
@@ -657,151 +639,19 @@ impl Engine {
         for a in &proc.assocs {
             self.remove_member(a.part, pid);
         }
-        Ok(())
+        let mut freed = Vec::new();
+        for &id in &proc.mapped {
+            freed.extend(self.drop_mapper(id, pid)?);
+        }
+        Ok(freed)
     }
 
     /// Takes `bytes` of a partition's own use back, or all of it where less is left.
     /// Lowering own use breaks no invariant, so it fails only for a missing record.
-    fn release(&mut self, part: PartId, bytes: u64) -> Result<()> {
+    pub(crate) fn release(&mut self, part: PartId, bytes: u64) -> Result<()> {
         let r = self.record(part)?;
         let (own, min) = (r.own(), r.limits().min);
         self.set_own_min(part, own.saturating_sub(bytes), min, Mode::Checked)
-    }
-
-    /// Creates an empty shared-memory object `name` for `pid`, charged from now on to the
-    /// process's partition of `class`.
-    pub fn object_create(&mut self, pid: Pid, name: &str, class: ClassId) -> Result<()> {
-        check_name(name)?;
-        let proc = self.process(pid)?;
-        if self.objects.contains_key(name) {
-            return Err(Error::new(Errno::Eexist, name, "object already exists"));
-        }
-        let uid = proc.cred.owner().0;
-        crate::quota::admit(
-            "objects",
-            name,
-            MAX_OBJECTS,
-            self.objects.len(),
-            uid,
-            || self.objects.values().filter(|o| o.owner == uid).count(),
-        )?;
-        let part = proc
-            .assocs
-            .iter()
-            .find(|a| a.class == class)
-            .map(|a| a.part)
-            .ok_or_else(|| {
-                Error::new(
-                    Errno::Enoent,
-                    pid_subject(pid),
-                    format!("no partition of class {}", self.class_name(class)),
-                )
-            })?;
-        let owner = proc.cred.owner().0;
-        self.part_mut(part)?.objects += 1;
-        self.objects.insert(
-            name.to_string(),
-            SharedObject {
-                part,
-                size: 0,
-                owner,
-            },
-        );
-        Ok(())
-    }
-
-    /// Resizes object `name` (by any process): growth is charged to the object's partition.
-    pub fn object_resize(&mut self, name: &str, size: u64) -> Result<()> {
-        let obj = self
-            .objects
-            .get(name)
-            .ok_or_else(|| Error::new(Errno::Enoent, name, "no such object"))?;
-        let part = obj.part;
-        let old = obj.size;
-        let unit = self.class(self.part(part)?.class)?.unit;
-        if size % unit != 0 {
-            return Err(Error::new(
-                Errno::Einval,
-                name,
-                format!("{size} is not a multiple of the unit {unit}"),
-            ));
-        }
-        if size > old {
-            self.shift_own(part, Delta::up(size - old))?;
-        } else if size < old {
-            self.shift_own(part, Delta::down(old - size))?;
-        }
-        if let Some(obj) = self.objects.get_mut(name) {
-            obj.size = size;
-        }
-        Ok(())
-    }
-
-    /// Resizes object `name` for `cred`: its owner, the superuser, the host, or anyone with
-    /// write permission on the object's partition. Growth is charged to that partition,
-    /// whoever grows it.
-    pub fn object_resize_as(&mut self, cred: &Credential, name: &str, size: u64) -> Result<()> {
-        let obj = self
-            .objects
-            .get(name)
-            .ok_or_else(|| Error::new(Errno::Enoent, name, "no such object"))?;
-        let writable = self.part(obj.part)?.perm.allows(cred, Access::Write);
-        if !cred.controls_uid(obj.owner) && !writable {
-            return Err(Error::new(
-                Errno::Eacces,
-                name,
-                "neither the object's owner nor allowed to write its partition",
-            ));
-        }
-        self.object_resize(name, size)
-    }
-
-    /// One shared object.
-    pub fn object(&self, name: &str) -> Result<ObjectInfo> {
-        let o = self
-            .objects
-            .get(name)
-            .ok_or_else(|| Error::new(Errno::Enoent, name, "no such object"))?;
-        Ok(ObjectInfo {
-            name: name.to_string(),
-            partition: self.path_of(o.part)?,
-            size: o.size,
-            owner: o.owner,
-        })
-    }
-
-    /// Removes object `name` and frees its memory (its creator, the superuser or the host).
-    pub fn object_unlink(&mut self, cred: &Credential, name: &str) -> Result<()> {
-        let obj = self
-            .objects
-            .get(name)
-            .ok_or_else(|| Error::new(Errno::Enoent, name, "no such object"))?;
-        if !cred.controls_uid(obj.owner) {
-            return Err(Error::new(Errno::Eacces, name, "not the object's owner"));
-        }
-        let (part, size) = (obj.part, obj.size);
-        if size > 0 {
-            self.shift_own(part, Delta::down(size))?;
-        }
-        self.objects.remove(name);
-        let p = self.part_mut(part)?;
-        p.objects = p.objects.saturating_sub(1);
-        Ok(())
-    }
-
-    /// Every shared object.
-    pub fn objects(&self) -> Result<Vec<ObjectInfo>> {
-        self.objects
-            .iter()
-            .map(|(name, o)| {
-                Ok(ObjectInfo {
-                    name: name.clone(),
-                    partition: self.path_of(o.part)?,
-                    size: o.size,
-                    owner: o.owner,
-                })
-            })
-            .collect()
     }
 }
 

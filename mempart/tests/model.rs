@@ -96,6 +96,11 @@ enum Op {
     ObjUnlink {
         name: u8,
     },
+    ObjMap {
+        pid: u8,
+        name: u8,
+        map: bool,
+    },
     SetPolicy {
         part: u8,
         policy: u8,
@@ -138,6 +143,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u8>(), 0u8..2, 0u8..3).prop_map(|(pid, class, name)| Op::ObjCreate { pid, class, name }),
         2 => (0u8..3, 0u8..12).prop_map(|(name, pages)| Op::ObjResize { name, pages }),
         1 => (0u8..3).prop_map(|name| Op::ObjUnlink { name }),
+        2 => (any::<u8>(), 0u8..3, any::<bool>()).prop_map(|(pid, name, map)| Op::ObjMap { pid, name, map }),
         1 => (any::<u8>(), 0u8..3).prop_map(|(part, policy)| Op::SetPolicy { part, policy }),
         1 => (any::<u8>(), 0u16..0o1000, any::<bool>()).prop_map(|(part, mode, guest)| Op::Chmod { part, mode, guest }),
         3 => (any::<u8>(), 0u8..60, any::<bool>()).prop_map(|(part, pages, guest)| Op::Report { part, pages, guest }),
@@ -508,7 +514,7 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Exit { pid } => match pick(&pids, pid) {
                 Some(pid) => {
                     grants.retain(|(p, _)| *p != pid);
-                    e.process_exit(pid)
+                    e.process_exit(pid).map(drop)
                 }
                 None => Ok(()),
             },
@@ -564,7 +570,7 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if let Some(o) = e
                     .objects()
                     .ok()
-                    .and_then(|v| v.into_iter().find(|o| o.name == name))
+                    .and_then(|v| v.into_iter().find(|o| o.linked && o.name == name))
                 {
                     let id = e
                         .resolve_partition(&o.partition)
@@ -581,7 +587,16 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 e.object_resize(name, new)
             }
-            Op::ObjUnlink { name } => e.object_unlink(&host, OBJECTS[usize::from(name)]),
+            Op::ObjUnlink { name } => e.object_unlink(&host, OBJECTS[usize::from(name)]).map(drop),
+            Op::ObjMap { pid, name, map } => match pick(&pids, pid) {
+                Some(pid) if map => e
+                    .object_map(&host, pid, OBJECTS[usize::from(name)])
+                    .map(drop),
+                Some(pid) => e
+                    .object_unmap(&host, pid, OBJECTS[usize::from(name)])
+                    .map(drop),
+                None => Ok(()),
+            },
             Op::SetPolicy { part, policy } => match pick(&paths, part) {
                 Some(p) => {
                     let policy = [Policy::Terminal, Policy::ConfigLock, Policy::Permanent]

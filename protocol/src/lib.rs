@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of a hello: "MPRT".
 pub const MAGIC: [u8; 4] = *b"MPRT";
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 7;
+pub const VERSION: u16 = 8;
 /// The largest frame either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
@@ -226,6 +226,27 @@ pub enum Op {
     },
     /// Every shared object, with its partition and size.
     Objects,
+    /// One shared object (`mpctl shm open`).
+    ObjectStat {
+        /// The object.
+        name: String,
+    },
+    /// Process `pid` maps a shared object (the owner, or execute permission on the
+    /// object's partition): of a typed class, the answer names the object's extent.
+    ObjectMap {
+        /// The mapping process.
+        pid: Pid,
+        /// The object.
+        name: String,
+    },
+    /// Process `pid` no longer maps the object; an unlinked object that nobody maps any
+    /// more is freed.
+    ObjectUnmap {
+        /// The process.
+        pid: Pid,
+        /// The object.
+        name: String,
+    },
     /// Create a pseudo partition naming a real one.
     Link {
         /// `/partition/mem/<group>/<name>`.
@@ -357,6 +378,14 @@ pub enum Reply {
     Highest(u64),
     /// Shared objects.
     Objects(Vec<ObjectInfo>),
+    /// A mapped shared object, and the guest-physical base of its extent when its class
+    /// is typed memory and it has a size.
+    ObjectMapped {
+        /// The object.
+        object: ObjectInfo,
+        /// Where its memory starts.
+        gpa: Option<u64>,
+    },
     /// A process's associations.
     Associations(Vec<Association>),
     /// A new subscription.

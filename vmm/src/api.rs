@@ -302,9 +302,13 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
         }),
         (Method::Get, "/reclaim") => json_answer(json!(vm.reclaimer().list())),
         (Method::Get, "/objects") => json_answer(json!(vm.with_engine(|e| e.objects())?)),
+        (Method::Get, p) if p.starts_with("/objects/") => {
+            let name = p.trim_start_matches("/objects/");
+            json_answer(json!(vm.with_engine(|e| e.object(name))?))
+        }
         (Method::Delete, p) if p.starts_with("/objects/") => {
             let name = p.trim_start_matches("/objects/");
-            vm.with_engine(|e| e.object_unlink(&host, name))?;
+            vm.service().unlink_object(&host, name)?;
             json_answer(json!({ "unlinked": name }))
         }
         (Method::Get, p) if p.starts_with("/reclaim/") => {

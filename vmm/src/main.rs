@@ -237,12 +237,13 @@ enum Verb {
     },
     #[command(flatten)]
     Node(NodeVerb),
-    /// Shared-memory objects: `ls` lists them with their partition and size, `unlink
-    /// NAME` removes one and frees its memory.
+    /// Shared-memory objects: `ls` lists them with their partition and size, `stat NAME`
+    /// shows one (with how many processes map it), `unlink NAME` removes its name (its
+    /// memory goes once no process maps it).
     Shm {
-        /// ls or unlink.
+        /// ls, stat or unlink.
         action: String,
-        /// The object, for unlink.
+        /// The object, for stat and unlink.
         name: Option<String>,
     },
     /// Prometheus metrics.
@@ -350,12 +351,13 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCod
         Verb::Metrics => ("GET", "/metrics".to_string(), String::new()),
         Verb::Shm { action, name } => match (action.as_str(), name) {
             ("ls", None) => ("GET", "/objects".to_string(), String::new()),
+            ("stat", Some(name)) => ("GET", format!("/objects/{}", encode(name)), String::new()),
             ("unlink", Some(name)) => (
                 "DELETE",
                 format!("/objects/{}", encode(name)),
                 String::new(),
             ),
-            _ => anyhow::bail!("shm: give `ls` or `unlink NAME`"),
+            _ => anyhow::bail!("shm: give `ls`, `stat NAME` or `unlink NAME`"),
         },
         Verb::Balloon { target: Some(t) } => (
             "PUT",
@@ -373,7 +375,11 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCod
     match (&verb, &value) {
         (Verb::Ls { .. }, serde_json::Value::Array(entries)) => {
             for e in entries {
-                println!("{}/", e["name"].as_str().unwrap_or("?"));
+                let name = e["name"].as_str().unwrap_or("?");
+                match e.pointer("/kind/object/size") {
+                    Some(size) => println!("{name}  shm {size}"),
+                    None => println!("{name}/"),
+                }
             }
         }
         (Verb::Shm { .. }, serde_json::Value::Array(objects)) => {

@@ -8,9 +8,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use mempart::{Credential, Engine, Errno, NewPartition, SubId};
 use protocol::{
-    read_frame, write_frame, ClientFrame, Op, ProtocolError, Reply, ServerFrame, SizeChange,
-    WireError, MAGIC, MAX_FRAME, VERSION,
+    read_frame, write_frame, ClientFrame, Op, ProtocolError, Reply, ServerFrame, WireError, MAGIC,
+    MAX_FRAME, VERSION,
 };
+
+mod objects;
 
 /// Most subscriptions one host connection may hold. The agent's connection carries every
 /// guest user's: there the engine's per-user shares apply instead.
@@ -105,6 +107,7 @@ pub struct PartitionService {
     changes: Arc<Changes>,
     typed: Arc<std::sync::OnceLock<Arc<dyn TypedMemory>>>,
     extents: Arc<Mutex<std::collections::HashMap<mempart::Pid, Vec<Extent>>>>,
+    object_extents: Arc<Mutex<objects::ObjectExtents>>,
     granted: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -116,6 +119,7 @@ impl PartitionService {
             changes: Arc::new(Changes::default()),
             typed: Arc::default(),
             extents: Arc::default(),
+            object_extents: Arc::default(),
             granted: Arc::default(),
         }
     }
@@ -281,6 +285,7 @@ impl PartitionService {
                 op,
                 Op::List { .. }
                     | Op::Objects
+                    | Op::ObjectStat { .. }
                     | Op::Metrics { .. }
                     | Op::ClassMetrics { .. }
                     | Op::Stat { .. }
@@ -424,26 +429,21 @@ impl PartitionService {
                 Reply::Done
             }
             Op::ObjectResize { name, change } => {
-                let size = e.object(&name)?.size;
-                let new = match change {
-                    SizeChange::To(to) => Some(to),
-                    SizeChange::Grow(by) => size.checked_add(by),
-                    SizeChange::Shrink(by) => size.checked_sub(by),
-                };
-                let new = new.ok_or_else(|| {
-                    mempart::Error::new(
-                        Errno::Einval,
-                        &name,
-                        format!("{change:?} of an object of {size} bytes is out of range"),
-                    )
-                })?;
-                e.object_resize_as(caller, &name, new)?;
+                self.resize_object(e, caller, &name, change)?;
                 Reply::Done
             }
             Op::ObjectUnlink { name } => {
-                e.object_unlink(caller, &name)?;
+                let freed = e.object_unlink(caller, &name)?;
+                self.revoke_objects(freed);
                 Reply::Done
             }
+            Op::ObjectMap { pid, name } => self.map_object(e, caller, pid, &name)?,
+            Op::ObjectUnmap { pid, name } => {
+                let freed = e.object_unmap(caller, pid, &name)?;
+                self.revoke_objects(freed);
+                Reply::Done
+            }
+            Op::ObjectStat { name } => Reply::Objects(vec![e.object(&name)?]),
             Op::Objects => Reply::Objects(e.objects()?),
             Op::Link { pseudo, target } => {
                 e.link(caller, &pseudo, &target)?;
@@ -467,8 +467,9 @@ impl PartitionService {
             }
             Op::ProcessExit { pid } => {
                 e.may_act_for(caller, pid)?;
-                e.process_exit(pid)?;
+                let freed = e.process_exit(pid)?;
                 self.revoke_all(pid);
+                self.revoke_objects(freed);
                 Reply::Done
             }
             Op::Associate { pid, path } => {

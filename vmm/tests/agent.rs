@@ -1451,13 +1451,16 @@ fn mpctl_names_with_spaces_highest_reset_policies_and_events_end() {
 
 /// A shared object created by a process in partition `a` and grown by a process in `b`
 /// is charged to `a` alone, outlives its creator, is refused to a user who may not
-/// write `a`, and unlinking it frees the charge.
+/// write `a`, is listed under `a` (by `mpctl ls` and in the view, as a file of its
+/// size), is mapped only by a user allowed to execute `a`, and unlinking it frees the
+/// charge.
 #[test]
 fn a_shared_object_is_charged_to_its_partition_and_outlives_its_creator() {
     use protocol::{Client, Op, Reply, ServerFrame};
     const A: &str = "/partition/mem/fast/a";
     const B: &str = "/partition/mem/fast/b";
-    let rig = Rig::with_args("shm", &["--no-cgroups"]);
+    let rig = Rig::with_view("shm");
+    let view = rig.view.clone().expect("view");
     rig.ok(0, &["create", A, "--max", "8M"]);
     rig.ok(0, &["create", B, "--max", "8M", "--mode", "777"]);
     let mut watcher =
@@ -1510,6 +1513,26 @@ fn a_shared_object_is_charged_to_its_partition_and_outlives_its_creator() {
         listing.starts_with("obj") && listing.contains("2M") && listing.contains(A),
         "{listing}"
     );
+    assert_eq!(rig.ok(0, &["ls", A]), "obj  shm 2M\n");
+    let file = view.join("mem/fast/a/obj");
+    assert_eq!(
+        std::fs::metadata(&file).expect("the object's file").len(),
+        2 * MIB
+    );
+    let described = run_as(0, "cat", &[file.to_str().expect("utf-8")]).expect("cat");
+    assert!(
+        described.starts_with(&format!("size {}\n", 2 * MIB)),
+        "{described}"
+    );
+    rig.ok(0, &["chmod", "750", A]);
+    let denied = rig.mpctl(1000, &["shm", "map", "obj"]);
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        stderr.contains("EACCES"),
+        "uid 1000 may not execute a: {stderr}"
+    );
+    rig.ok(0, &["chmod", "755", A]);
+    assert_eq!(rig.ok(1000, &["shm", "map", "obj"]), "mapped obj (2M)\n");
     rig.refused(0, &["destroy", A], "EBUSY");
     rig.refused(1000, &["shm", "unlink", "obj"], "EACCES");
     rig.ok(0, &["shm", "unlink", "obj"]);

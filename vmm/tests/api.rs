@@ -496,10 +496,15 @@ fn names_with_spaces_highest_reset_and_one_way_policies() {
     let (status, objects) = http(&sock, "GET", "/objects", "");
     assert_eq!(status, 200);
     let objects: serde_json::Value = serde_json::from_str(&objects).expect("json");
+    let one = serde_json::json!({ "id": 0, "name": "shared one", "class": "class 1",
+        "partition": "/partition/mem/class 1/my box", "size": 1 << 20, "owner": 0,
+        "mappers": 0, "linked": true });
+    assert_eq!(objects, serde_json::json!([one]));
+    let (status, object) = http(&sock, "GET", "/objects/shared%20one", "");
+    assert_eq!(status, 200, "{object}");
     assert_eq!(
-        objects,
-        serde_json::json!([{ "name": "shared one", "partition": "/partition/mem/class 1/my box",
-            "size": 1 << 20, "owner": 0 }])
+        serde_json::from_str::<serde_json::Value>(&object).expect("json"),
+        one
     );
     assert_eq!(http(&sock, "DELETE", "/objects/shared%20one", "").0, 200);
     assert_eq!(http(&sock, "DELETE", "/objects/shared%20one", "").0, 404);

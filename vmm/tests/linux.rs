@@ -429,6 +429,36 @@ fn guest_enforcement_and_host_reclaim_in_linux() {
         "the VMM reported the access past the extent: {:?}",
         handle.violations()
     );
+    // A typed shared object: one process writes its extent, another (in another
+    // partition) reads what it wrote; once unlinked and unmapped its extent is the VMM's
+    // again (a host grant of that range succeeds).
+    let writer = run_in("/partition/mem/fast/sandbox -- /bin/steps");
+    let reader = run_in("/partition/mem/sysram/other -- /bin/steps");
+    let mapped = format!("mapped ring (1M) at guest-physical 0x{base:x}");
+    assert!(
+        writer.contains(&mapped) && writer.contains("256 of 256 pages hold the pattern"),
+        "the creator mapped and wrote the object:\n{text}"
+    );
+    assert!(
+        reader.contains("/partition/mem/fast/sandbox")
+            && reader.contains(&mapped)
+            && reader.contains("256 of 256 pages hold the pattern"),
+        "another process read what the creator wrote:\n{text}"
+    );
+    let service = handle.service();
+    let mut seen = service.generation();
+    let deadline = Instant::now() + GUARD;
+    while !handle.with_engine(|e| e.objects().expect("objects").is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the unlinked object was never freed"
+        );
+        seen = service.wait_change(seen, GUARD);
+    }
+    handle
+        .grant("fast", 0, MIB)
+        .expect("the object's extent was taken back from the guest");
+    handle.revoke("fast", 0).expect("revoke the host's grant");
     let small = run_in("/partition/mem/sysram/small");
     // `small` has a partition below it: its processes sit in its `.own` group, and the
     // nearest limit above them is small's own.
@@ -463,8 +493,6 @@ fn guest_enforcement_and_host_reclaim_in_linux() {
     );
     until(&["memhog: touched 6 MiB"]);
     // The holder's memory is in the engine once the agent has reported it.
-    let service = handle.service();
-    let mut seen = service.generation();
     let used = |h: &vmm::VmHandle| {
         h.with_engine(|e| e.metrics(&Credential::Host, OTHER).expect("other").used)
     };

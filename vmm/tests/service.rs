@@ -489,3 +489,105 @@ fn an_overflowing_subscriber_gets_a_missed_count_and_a_gap_in_sequence_numbers()
     assert_eq!(event.seq, 3, "the missed event kept its number");
     assert!(matches!(event.kind, EventKind::ChildCreated { .. }));
 }
+
+/// A typed shared object is one extent: granted when it gets a size, the same extent for
+/// every process that maps it, charged to the creator's partition whoever maps it, kept
+/// through an unlink while mapped and taken back when its last mapper exits. A user who
+/// neither owns it nor may execute its partition cannot map it, and a mapped object
+/// keeps its size.
+#[test]
+fn a_typed_object_is_one_extent_shared_until_its_last_mapper_leaves() {
+    let (_service, typed, mut host, _, _) = typed_grant(MIB);
+    let root = Credential::guest_root();
+    let user = Credential::guest(1000, 1000);
+    let call =
+        |host: &mut Client<UnixStream>, cred: &Credential, op: Op| host.call(cred, op).expect("io");
+    assert_eq!(
+        call(
+            &mut host,
+            &Credential::Host,
+            open("/partition/mem/fast/other")
+        ),
+        Ok(Reply::Done)
+    );
+    for (pid, cred, path) in [
+        (8, &root, "/partition/mem/fast/other"),
+        (9, &user, "/partition/mem/sysram/sys"),
+    ] {
+        assert_eq!(call(&mut host, cred, start_in(pid, path)), Ok(Reply::Done));
+    }
+    let create = Op::ObjectCreate {
+        pid: 7,
+        class: "fast".into(),
+        name: "ring".into(),
+    };
+    assert_eq!(call(&mut host, &root, create), Ok(Reply::Done));
+    let resize = |to| Op::ObjectResize {
+        name: "ring".into(),
+        change: protocol::SizeChange::To(to),
+    };
+    assert_eq!(call(&mut host, &root, resize(2 * MIB)), Ok(Reply::Done));
+    assert_eq!(call(&mut host, &root, resize(4 * MIB)), Ok(Reply::Done));
+    let first_extent = FAKE_BASE + MIB;
+    assert_eq!(
+        *typed.revoked.lock().expect("lock"),
+        vec![first_extent],
+        "a resize of an unmapped object replaces its extent"
+    );
+    let map = |pid| Op::ObjectMap {
+        pid,
+        name: "ring".into(),
+    };
+    let mapped = |reply: Result<Reply, protocol::WireError>| match reply {
+        Ok(Reply::ObjectMapped { object, gpa }) => (object, gpa),
+        other => panic!("not mapped: {other:?}"),
+    };
+    let (object, gpa) = mapped(call(&mut host, &root, map(7)));
+    let extent = first_extent + 2 * MIB;
+    assert_eq!((object.size, gpa), (4 * MIB, Some(extent)));
+    let (object, gpa) = mapped(call(&mut host, &root, map(8)));
+    assert_eq!((object.mappers, gpa), (2, Some(extent)), "the same extent");
+    let denied = call(&mut host, &user, map(9)).expect_err("EACCES");
+    assert_eq!(denied.name, "EACCES", "{denied:?}");
+    let busy = call(&mut host, &root, resize(MIB)).expect_err("EBUSY");
+    assert_eq!(busy.name, "EBUSY", "{busy:?}");
+    let used = |host: &mut Client<UnixStream>, path: &str| match call(
+        host,
+        &Credential::Host,
+        Op::Metrics { path: path.into() },
+    ) {
+        Ok(Reply::Metrics(m)) => m.used,
+        other => panic!("no metrics: {other:?}"),
+    };
+    assert_eq!(used(&mut host, "/partition/mem/fast/other"), 0);
+    assert_eq!(used(&mut host, "/partition/mem/fast/app"), 5 * MIB);
+    let unlink = Op::ObjectUnlink {
+        name: "ring".into(),
+    };
+    assert_eq!(call(&mut host, &root, unlink), Ok(Reply::Done));
+    let gone = call(&mut host, &root, map(8)).expect_err("ENOENT");
+    assert_eq!(
+        gone.name, "ENOENT",
+        "an unlinked name cannot be mapped again"
+    );
+    let revoked = |extent| typed.revoked.lock().expect("lock").contains(&extent);
+    for pid in [7, 8] {
+        assert!(
+            !revoked(extent),
+            "mapped by pid {pid} and up: the extent stays"
+        );
+        assert_eq!(
+            call(&mut host, &root, Op::ProcessExit { pid }),
+            Ok(Reply::Done)
+        );
+    }
+    assert!(
+        revoked(extent),
+        "the last mapper's exit takes the extent back"
+    );
+    assert_eq!(
+        call(&mut host, &root, Op::Objects),
+        Ok(Reply::Objects(Vec::new()))
+    );
+    assert_eq!(allocated(&mut host, "fast"), 0);
+}

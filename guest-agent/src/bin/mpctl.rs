@@ -56,10 +56,35 @@ enum Shm {
         /// Bytes to take away.
         size: String,
     },
-    /// Remove an object and free its memory.
+    /// Remove an object's name; its memory goes once no process maps it.
     Unlink {
         /// The object.
         name: String,
+    },
+    /// Show one object: its partition, size, owner and how many processes map it.
+    Open {
+        /// The object.
+        name: String,
+    },
+    /// Map an object into mpctl itself (the mapping ends when mpctl exits). Of a typed
+    /// class, the object's extent is mapped through /dev/mem and used as asked.
+    Map {
+        /// The object.
+        name: String,
+        /// Write a pattern into every page and read it back.
+        #[arg(long, conflicts_with = "verify")]
+        touch: bool,
+        /// Count the pages holding the pattern that `--touch` wrote (by any process).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// End a process's mapping of an object.
+    Unmap {
+        /// The object.
+        name: String,
+        /// The process (default: mpctl's parent).
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// List every object with its partition, size and owner.
     Ls,
@@ -292,6 +317,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 for e in entries {
                     match e.kind {
                         EntryKind::Pseudo { target } => println!("{} -> {target}", e.name),
+                        EntryKind::Object { size } => println!("{}  shm {}", e.name, human(size)),
                         EntryKind::Process
                         | EntryKind::Partition
                         | EntryKind::Class
@@ -596,6 +622,16 @@ fn shm(
             change: SizeChange::Shrink(size(&s).map_err(Failure::Usage)?),
         },
         Shm::Unlink { name } => Op::ObjectUnlink { name },
+        Shm::Open { name } => Op::ObjectStat { name },
+        Shm::Map {
+            name,
+            touch,
+            verify,
+        } => return map_object(&name, touch, verify, json, call),
+        Shm::Unmap { name, pid } => Op::ObjectUnmap {
+            pid: pid.unwrap_or(parent),
+            name,
+        },
         Shm::Ls => Op::Objects,
     };
     if let Reply::Objects(objects) = call(op)? {
@@ -614,6 +650,58 @@ fn shm(
         }
     }
     Ok(())
+}
+
+/// Maps object `name` into mpctl and, for a typed object, uses its extent as asked.
+fn map_object(
+    name: &str,
+    touch: bool,
+    verify: bool,
+    json: bool,
+    call: &mut dyn FnMut(Op) -> Result<Reply, Failure>,
+) -> Result<(), Failure> {
+    let op = Op::ObjectMap {
+        pid: std::process::id(),
+        name: name.to_string(),
+    };
+    let Reply::ObjectMapped { object, gpa } = call(op)? else {
+        return Err(Failure::Agent("no mapping in the answer".into()));
+    };
+    if json {
+        println!("{}", serde_json::json!({ "object": object, "gpa": gpa }));
+    } else {
+        match gpa {
+            Some(gpa) => println!(
+                "mapped {} ({}) at guest-physical 0x{gpa:x}",
+                object.name,
+                human(object.size)
+            ),
+            None => println!("mapped {} ({})", object.name, human(object.size)),
+        }
+    }
+    let Some(gpa) = gpa.filter(|_| touch || verify) else {
+        return Ok(());
+    };
+    let len = usize::try_from(object.size)
+        .map_err(|_| Failure::Usage(format!("{}: too large to map", object.size)))?;
+    let extent = guest_agent::devmem::PhysMapping::new(gpa, len)
+        .map_err(|e| Failure::Local(format!("/dev/mem at 0x{gpa:x}: {e}")))?;
+    let pages = extent.words() / 512;
+    if touch {
+        for page in 0..pages {
+            extent.write(page * 512, page_pattern(page));
+        }
+    }
+    let good = (0..pages)
+        .filter(|&page| extent.read(page * 512) == Some(page_pattern(page)))
+        .count();
+    println!("{good} of {pages} pages hold the pattern");
+    Ok(())
+}
+
+/// The word `--touch` writes at the start of page `page`.
+fn page_pattern(page: usize) -> u64 {
+    0x6d70_0000_0000_0000 | page as u64
 }
 
 fn main() -> ExitCode {
@@ -651,10 +739,10 @@ fn touch_extent(gpa: u64, bytes: u64) -> Result<(), Failure> {
     let extent = PhysMapping::new(gpa, len).map_err(|e| io("mapping the extent", e))?;
     let pages = extent.words() / 512;
     for page in 0..pages {
-        extent.write(page * 512, 0x6d70_0000_0000_0000 | page as u64);
+        extent.write(page * 512, page_pattern(page));
     }
     let good = (0..pages)
-        .filter(|&page| extent.read(page * 512) == Some(0x6d70_0000_0000_0000 | page as u64))
+        .filter(|&page| extent.read(page * 512) == Some(page_pattern(page)))
         .count();
     println!("wrote and read back {good} of {pages} pages");
     let past = gpa
