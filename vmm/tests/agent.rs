@@ -897,6 +897,18 @@ fn the_partition_view_lists_processes_and_prints_metrics() {
     let through = run_as(1000, "ls", &[&at("mem/group/ram/")]).expect("follows");
     assert!(through.contains("metrics"), "{through}");
 
+    // A name with a space is an ordinary file name in the view.
+    rig.ok(
+        0,
+        &["create", "/partition/mem/sysram/my job", "--max", "4M"],
+    );
+    assert_eq!(
+        run_as(0, "ls", &[&at("mem/sysram")]),
+        Ok("apps\nmetrics\nmy job\nsys\n".into())
+    );
+    let spaced = run_as(0, "cat", &[&at("mem/sysram/my job/metrics")]).expect("metrics");
+    assert!(spaced.contains(&format!("max {}\n", 4 * MIB)), "{spaced}");
+
     // Another user is refused what the engine refuses; nobody writes.
     let denied = run_as(1002, "ls", &[&at("mem/sysram/apps")]).expect_err("refused");
     assert!(denied.contains("Permission denied"), "{denied}");
