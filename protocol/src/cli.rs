@@ -1,8 +1,11 @@
-//! The command-line verbs `mpctl` and `mempart-vmm ctl` share — changes to one node of
-//! the name space — and their argument parsers (feature `cli`). Arguments are parsed when
-//! the verb runs, so each tool reports a bad one its own way.
+//! What `mpctl` and `mempart-vmm ctl` share (feature `cli`): the verbs that change one
+//! node of the name space, their argument parsers, and how a partition, a class and a
+//! listing are printed, so both tools show them alike. Arguments are parsed when the verb
+//! runs, so each tool reports a bad one its own way.
 
-use crate::{Op, Policy};
+use crate::{
+    ClassMetrics, DirEntry, EntryKind, ObjectInfo, Op, PartitionMetrics, Policy, UNLIMITED,
+};
 
 /// A change to one node of the name space.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
@@ -132,6 +135,115 @@ pub fn parse_policy(text: &str) -> Result<Policy, String> {
     }
 }
 
+/// A size as people write it: `unlimited`, or the largest of G, M and K that divides it
+/// (`8M`), else bytes.
+pub fn human(bytes: u64) -> String {
+    if bytes == UNLIMITED {
+        return "unlimited".into();
+    }
+    for (unit, suffix) in [(1u64 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")] {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
+/// `key value` lines, the keys padded to one column.
+fn table(rows: &[(&str, String)]) -> String {
+    rows.iter()
+        .map(|(key, value)| format!("{key:<12} {value}\n"))
+        .collect()
+}
+
+/// A partition's metrics as both CLIs print them: sizes in human units, processes as a
+/// count (`ls` lists them).
+pub fn render_partition(m: &PartitionMetrics) -> String {
+    let p = m.current.policies;
+    let mut rows = vec![
+        ("path", m.path.clone()),
+        ("type", format!("{:?}", m.kind)),
+        ("min", human(m.current.limits.min)),
+        ("max", human(m.current.limits.max)),
+    ];
+    if let Some(pending) = m.pending_max {
+        rows.push(("pending max", human(pending)));
+    }
+    rows.extend([
+        ("used", human(m.used)),
+        ("highest", human(m.highest)),
+        ("reserved", human(m.reserved_unused)),
+        ("processes", m.processes.len().to_string()),
+        ("objects", m.objects.to_string()),
+        ("children", m.children.len().to_string()),
+        (
+            "mode",
+            format!(
+                "{:o} {}:{}",
+                m.current.perm.mode, m.current.perm.uid, m.current.perm.gid
+            ),
+        ),
+        (
+            "policies",
+            format!(
+                "terminal={} config_lock={} permanent={}",
+                p.terminal, p.config_lock, p.permanent
+            ),
+        ),
+    ]);
+    table(&rows)
+}
+
+/// A class's metrics as both CLIs print them.
+pub fn render_class(c: &ClassMetrics) -> String {
+    table(&[
+        ("class", c.name.clone()),
+        ("size", human(c.size)),
+        ("allocated", human(c.allocated)),
+        ("reserved", human(c.reserved_unused)),
+        ("free", human(c.free)),
+        ("highest", human(c.highest_allocated)),
+        (
+            "mode",
+            format!("{:o} {}:{}", c.perm.mode, c.perm.uid, c.perm.gid),
+        ),
+    ])
+}
+
+/// A listing as both CLIs print it: a line an entry, directories with a `/`, pseudo
+/// partitions with their target, shared objects with their size.
+pub fn render_entries(entries: &[DirEntry]) -> String {
+    entries
+        .iter()
+        .map(|e| match &e.kind {
+            EntryKind::Pseudo { target } => format!("{} -> {target}\n", e.name),
+            EntryKind::Object { size } => format!("{}  shm {}\n", e.name, human(*size)),
+            EntryKind::Process | EntryKind::Partition | EntryKind::Class | EntryKind::Group => {
+                format!("{}/\n", e.name)
+            }
+        })
+        .collect()
+}
+
+/// Shared objects as both CLIs print them: a line each with its size, owner, mappers and
+/// partition (`unlinked` for one whose name is gone and that is still mapped).
+pub fn render_objects(objects: &[ObjectInfo]) -> String {
+    objects
+        .iter()
+        .map(|o| {
+            let gone = if o.linked { "" } else { "  unlinked" };
+            format!(
+                "{:<24} {:>8}  uid {:<6} mapped by {:<3} {}{gone}\n",
+                o.name,
+                human(o.size),
+                o.owner,
+                o.mappers,
+                o.partition
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +276,15 @@ mod tests {
                 gid: 100
             })
         );
+    }
+
+    #[test]
+    fn sizes_print_in_the_largest_unit_that_divides_them() {
+        assert_eq!(human(UNLIMITED), "unlimited");
+        assert_eq!(human(8 << 20), "8M");
+        assert_eq!(human(3 << 30), "3G");
+        assert_eq!(human(4096), "4K");
+        assert_eq!(human(1536), "1536");
+        assert_eq!(human(0), "0");
     }
 }

@@ -492,23 +492,26 @@ pub struct Client<S: Read + Write> {
 }
 
 impl<S: Read + Write> Client<S> {
-    /// Shakes hands over `stream`.
+    /// Shakes hands over `stream`. A server that refuses may say why and close before the
+    /// hello reaches it: then the hello cannot be sent, and the refusal is still read.
     pub fn connect(mut stream: S) -> Result<Client<S>, ProtocolError> {
-        write_frame(
+        let sent = write_frame(
             &mut stream,
             &ClientFrame::Hello {
                 magic: MAGIC,
                 version: VERSION,
             },
-        )?;
-        match read_frame(&mut stream)? {
-            ServerFrame::Welcome { version } if version == VERSION => Ok(Client {
+        );
+        match (read_frame(&mut stream), sent) {
+            (Ok(ServerFrame::Refused { reason }), _) => Err(ProtocolError::Handshake(reason)),
+            (_, Err(unsent)) => Err(unsent),
+            (Err(e), Ok(())) => Err(e),
+            (Ok(ServerFrame::Welcome { version }), Ok(())) if version == VERSION => Ok(Client {
                 stream,
                 next_id: 1,
                 events: std::collections::VecDeque::new(),
             }),
-            ServerFrame::Refused { reason } => Err(ProtocolError::Handshake(reason)),
-            other => Err(ProtocolError::Handshake(format!("unexpected {other:?}"))),
+            (Ok(other), Ok(())) => Err(ProtocolError::Handshake(format!("unexpected {other:?}"))),
         }
     }
 
@@ -581,6 +584,42 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_refusal_is_read_even_when_the_hello_could_not_be_sent() {
+        /// A server that said why and closed: writes fail, the refusal waits to be read.
+        struct Closed(std::io::Cursor<Vec<u8>>);
+        impl Read for Closed {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.0.read(buf)
+            }
+        }
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut wire = Vec::new();
+        let refused = ServerFrame::Refused {
+            reason: "uid 1000 holds 64 connections".into(),
+        };
+        write_frame(&mut wire, &refused).unwrap_or_else(|e| panic!("{e}"));
+        match Client::connect(Closed(std::io::Cursor::new(wire))) {
+            Err(ProtocolError::Handshake(reason)) => {
+                assert_eq!(reason, "uid 1000 holds 64 connections")
+            }
+            Err(other) => panic!("not the refusal: {other}"),
+            Ok(_) => panic!("connected to a closed server"),
+        }
+        let silent = Closed(std::io::Cursor::new(Vec::new()));
+        assert!(matches!(
+            Client::connect(silent),
+            Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe
+        ));
     }
 
     #[test]

@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mempart::topology::Topology;
 use mempart::{ClassSpec, Credential, Engine, UNLIMITED};
-use protocol::cli::{parse_mode, parse_owner, NodeVerb};
+use protocol::cli::{
+    human, parse_mode, parse_owner, render_class, render_entries, render_objects, render_partition,
+    NodeVerb,
+};
 use vmm::config::{parse_class, parse_serial, with_sysram};
 use vmm::memory::ClassBacking;
 use vmm::reclaim::{ReclaimState, ReclaimStatus};
@@ -373,25 +376,36 @@ fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<ExitCod
     }
     let value: serde_json::Value = serde_json::from_str(&answer)?;
     match (&verb, &value) {
-        (Verb::Ls { .. }, serde_json::Value::Array(entries)) => {
-            for e in entries {
-                let name = e["name"].as_str().unwrap_or("?");
-                match e.pointer("/kind/object/size") {
-                    Some(size) => println!("{name}  shm {size}"),
-                    None => println!("{name}/"),
-                }
-            }
+        (Verb::Ls { .. }, serde_json::Value::Array(_)) => {
+            let entries: Vec<mempart::DirEntry> = serde_json::from_value(value)?;
+            print!("{}", render_entries(&entries));
         }
-        (Verb::Shm { .. }, serde_json::Value::Array(objects)) => {
-            for o in objects {
-                println!(
-                    "{:<24} {:>12}  uid {:<6} {}",
-                    o["name"].as_str().unwrap_or("?"),
-                    o["size"],
-                    o["owner"],
-                    o["partition"].as_str().unwrap_or("?")
-                );
-            }
+        (Verb::Shm { .. }, serde_json::Value::Array(_)) => {
+            let objects: Vec<mempart::ObjectInfo> = serde_json::from_value(value)?;
+            print!("{}", render_objects(&objects));
+        }
+        (Verb::Shm { .. }, serde_json::Value::Object(_)) if value.get("id").is_some() => {
+            let object: mempart::ObjectInfo = serde_json::from_value(value)?;
+            print!("{}", render_objects(&[object]));
+        }
+        (
+            Verb::Stat {
+                reset_highest: true,
+                ..
+            },
+            _,
+        ) => {
+            let old = value.get("highest").and_then(serde_json::Value::as_u64);
+            let old = old.context("the answer names no highest size")?;
+            println!("{:<12} {} (reset)", "highest", human(old));
+        }
+        (Verb::Stat { .. }, serde_json::Value::Object(_)) if value.get("path").is_some() => {
+            let metrics: mempart::PartitionMetrics = serde_json::from_value(value)?;
+            print!("{}", render_partition(&metrics));
+        }
+        (Verb::Stat { .. }, serde_json::Value::Object(_)) => {
+            let metrics: mempart::ClassMetrics = serde_json::from_value(value)?;
+            print!("{}", render_class(&metrics));
         }
         (_, serde_json::Value::Object(_)) => print_flat("", &value),
         _ => println!("{value}"),

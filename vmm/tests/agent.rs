@@ -16,7 +16,7 @@ use mempart::{ClassSpec, Credential, Engine};
 use vmm::service::{Authority, PartitionService};
 
 mod common;
-use common::KillOnDrop;
+use common::{binary, KillOnDrop};
 
 /// Kills process `pid`, which is not the test's own child, when dropped.
 struct KillPid(u32);
@@ -28,23 +28,6 @@ impl Drop for KillPid {
 }
 
 const MIB: u64 = 1 << 20;
-
-/// A binary of the workspace, next to this test's own executable's directory. The
-/// guest-agent binaries are built (or found up to date) once per test run, so a test
-/// never runs a stale agent against a newer service.
-fn binary(name: &str) -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "guest-agent"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building guest-agent failed");
-    });
-    let exe = std::env::current_exe().expect("test path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join(name)
-}
 
 struct Rig {
     dir: PathBuf,
@@ -234,7 +217,11 @@ fn every_command_through_the_agent_with_the_callers_identity() {
     assert!(stat.contains("max          64M"), "{stat}");
     let json = rig.ok(1000, &["--json", "stat", apps]);
     let value: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
-    assert_eq!(value["min"], 16 * MIB);
+    assert_eq!(
+        value.pointer("/current/limits/min"),
+        Some(&serde_json::json!(16 * MIB)),
+        "the API's nested JSON, sizes in bytes: {value}"
+    );
 
     rig.ok(1000, &["create", &format!("{apps}/web"), "--max", "8M"]);
     rig.ok(1000, &["set", &format!("{apps}/web"), "--max", "16M"]);

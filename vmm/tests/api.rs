@@ -552,3 +552,129 @@ fn names_with_spaces_highest_reset_and_one_way_policies() {
         VmExit::Reset
     );
 }
+
+/// The host's `ctl` (through the API) and the guest's `mpctl` (through the agent and the
+/// agent channel's service) print the same partition, class, listing and shared objects
+/// alike, character for character, and both print the API's JSON with `--json`.
+#[test]
+fn ctl_and_mpctl_print_the_same_partition_alike() {
+    if !kvm_available() {
+        return;
+    }
+    use std::io::BufRead;
+    use std::os::unix::net::UnixListener;
+    use std::process::{Command, Stdio};
+    let (config, rx) = common::tiny_config(guest("wait"), 1, &["sysram=64M", "fast=16M"]);
+    let vm = Vm::new(config).expect("vm");
+    let handle = vm.handle();
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-alike-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let api = dir.join("api.sock");
+    let api_server = vmm::api::serve(&api, handle.clone(), serde_json::json!({})).expect("api");
+    let upstream = dir.join("service.sock");
+    let listener = UnixListener::bind(&upstream).expect("bind");
+    let service = handle.service();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let service = service.clone();
+            std::thread::spawn(move || {
+                let reader = stream.try_clone().expect("clone");
+                service.serve(reader, stream, vmm::service::Authority::Guest)
+            });
+        }
+    });
+    let running = std::thread::spawn(move || vm.run());
+    assert_eq!(next_line(&rx), "guest: waiting");
+    let agent_sock = dir.join("agent.sock");
+    let mut agent = common::KillOnDrop(
+        Command::new(common::binary("mempart-agent"))
+            .arg("--upstream")
+            .arg(&upstream)
+            .arg("--listen")
+            .arg(&agent_sock)
+            .arg("--no-cgroups")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("agent starts"),
+    );
+    let mut ready = String::new();
+    std::io::BufReader::new(agent.0.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("agent speaks");
+    assert!(ready.starts_with("mempart-agent: ready"), "{ready}");
+    let run = |program: &Path, args: &[&str]| {
+        let out = Command::new(program)
+            .env("MPCTL_SOCKET", &agent_sock)
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let mpctl = common::binary("mpctl");
+    let vmm_bin = Path::new(env!("CARGO_BIN_EXE_mempart-vmm"));
+    let api_arg = api.to_str().expect("utf-8");
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--api-sock", api_arg];
+        all.extend(args);
+        run(vmm_bin, &all)
+    };
+    const BOX: &str = "/partition/mem/fast/my box";
+    run(&mpctl, &["create", BOX, "--min", "4M", "--max", "8M"]);
+    let create = format!("{} shm create ring fast --pid $$", mpctl.display());
+    run(
+        &mpctl,
+        &["run", "--part", BOX, "--", "/bin/sh", "-c", &create],
+    );
+    run(&mpctl, &["shm", "grow", "ring", "2M"]);
+    for args in [
+        &["stat", BOX][..],
+        &["stat", "/partition/mem/fast"],
+        &["ls", "/partition/mem/fast"],
+        &["ls", BOX],
+        &["shm", "ls"],
+    ] {
+        let guest = run(&mpctl, args);
+        assert_eq!(ctl(args), guest, "{args:?}");
+        assert!(!guest.is_empty(), "{args:?}");
+    }
+    let stat = ctl(&["stat", BOX]);
+    for line in [
+        "type         GuaranteeRestricted",
+        "min          4M",
+        "used         2M",
+        "objects      1",
+    ] {
+        assert!(stat.lines().any(|l| l == line), "{line:?} in\n{stat}");
+    }
+    let json = |out: String| serde_json::from_str::<serde_json::Value>(&out).expect("json");
+    let host = json(ctl(&["--json", "stat", BOX]));
+    let guest = json(run(&mpctl, &["--json", "stat", BOX]));
+    assert_eq!(
+        host.pointer("/current/limits/max"),
+        Some(&serde_json::json!(8 << 20))
+    );
+    assert_eq!(
+        (host.get("used"), host.get("path")),
+        (guest.get("used"), guest.get("path"))
+    );
+    assert_eq!(
+        ctl(&["stat", "--reset-highest", BOX]),
+        "highest      2M (reset)\n"
+    );
+    drop(agent);
+    api_server.stop();
+    handle
+        .write_sysram(0x80000, &1u64.to_le_bytes())
+        .expect("mailbox");
+    assert_eq!(
+        running.join().expect("vm thread").expect("vm ran"),
+        VmExit::Reset
+    );
+}

@@ -10,10 +10,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use guest_agent::{DEFAULT_SOCKET, SOCKET_ENV};
-use protocol::cli::{parse_mode, NodeVerb};
+use protocol::cli::{
+    human, parse_mode, render_class, render_entries, render_objects, render_partition, NodeVerb,
+};
 use protocol::{
-    parse_size, Client, Credential, EntryKind, EventFilter, Grant, Limits, Op, PartitionMetrics,
-    Reply, ServerFrame, SizeChange, WireError, UNLIMITED,
+    parse_size, Client, Credential, EventFilter, Grant, Limits, Op, Reply, ServerFrame, SizeChange,
+    WireError,
 };
 
 /// Browse and shape memory partitions from inside the guest.
@@ -255,38 +257,6 @@ impl From<protocol::ProtocolError> for Failure {
     }
 }
 
-fn human(bytes: u64) -> String {
-    if bytes == UNLIMITED {
-        return "unlimited".into();
-    }
-    for (unit, suffix) in [(1u64 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")] {
-        if bytes >= unit && bytes % unit == 0 {
-            return format!("{}{suffix}", bytes / unit);
-        }
-    }
-    bytes.to_string()
-}
-
-fn print_metrics(m: &PartitionMetrics) {
-    println!("path         {}", m.path);
-    println!("type         {:?}", m.kind);
-    println!("min          {}", human(m.current.limits.min));
-    println!("max          {}", human(m.current.limits.max));
-    println!("used         {}", human(m.used));
-    println!("highest      {}", human(m.highest));
-    println!("reserved     {}", human(m.reserved_unused));
-    println!("processes    {}", m.processes.len());
-    println!(
-        "mode         {:o} {}:{}",
-        m.current.perm.mode, m.current.perm.uid, m.current.perm.gid
-    );
-    let p = m.current.policies;
-    println!(
-        "policies     terminal={} config_lock={} permanent={}",
-        p.terminal, p.config_lock, p.permanent
-    );
-}
-
 fn run(cli: Cli) -> Result<(), Failure> {
     let path = cli
         .socket
@@ -309,23 +279,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 return Ok(());
             };
             if json {
-                emit(serde_json::json!(entries
-                    .iter()
-                    .map(|e| e.name.clone())
-                    .collect::<Vec<_>>()));
+                emit(serde_json::json!(entries));
             } else {
-                for e in entries {
-                    match e.kind {
-                        EntryKind::Pseudo { target } => println!("{} -> {target}", e.name),
-                        EntryKind::Object { size } => println!("{}  shm {}", e.name, human(size)),
-                        EntryKind::Process
-                        | EntryKind::Partition
-                        | EntryKind::Class
-                        | EntryKind::Group => {
-                            println!("{}/", e.name)
-                        }
-                    }
-                }
+                print!("{}", render_entries(&entries));
             }
         }
         Cmd::Stat {
@@ -336,7 +292,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 if json {
                     emit(serde_json::json!({ "highest": old }));
                 } else {
-                    println!("highest      {} (reset)", human(old));
+                    println!("{:<12} {} (reset)", "highest", human(old));
                 }
             }
         }
@@ -346,13 +302,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => match call(Op::Metrics { path: path.clone() }) {
             Ok(Reply::Metrics(m)) => {
                 if json {
-                    emit(serde_json::json!({
-                        "path": m.path, "type": format!("{:?}", m.kind), "min": m.current.limits.min,
-                        "max": m.current.limits.max, "used": m.used, "highest": m.highest,
-                        "reserved_unused": m.reserved_unused, "processes": m.processes,
-                    }));
+                    emit(serde_json::json!(m));
                 } else {
-                    print_metrics(&m);
+                    print!("{}", render_partition(&m));
                 }
             }
             Ok(_) => {}
@@ -361,13 +313,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     return Ok(());
                 };
                 if json {
-                    emit(
-                        serde_json::json!({"class": c.name, "size": c.size, "allocated": c.allocated,
-                        "reserved_unused": c.reserved_unused, "free": c.free}),
-                    );
+                    emit(serde_json::json!(c));
                 } else {
-                    println!("class        {}\nsize         {}\nallocated    {}\nreserved     {}\nfree         {}",
-                        c.name, human(c.size), human(c.allocated), human(c.reserved_unused), human(c.free));
+                    print!("{}", render_class(&c));
                 }
             }
             Err(e) => return Err(e),
@@ -635,18 +583,10 @@ fn shm(
         Shm::Ls => Op::Objects,
     };
     if let Reply::Objects(objects) = call(op)? {
-        for o in objects {
-            if json {
-                println!("{}", serde_json::json!(o));
-            } else {
-                println!(
-                    "{:<24} {:>8}  uid {:<6} {}",
-                    o.name,
-                    human(o.size),
-                    o.owner,
-                    o.partition
-                );
-            }
+        if json {
+            println!("{}", serde_json::json!(objects));
+        } else {
+            print!("{}", render_objects(&objects));
         }
     }
     Ok(())

@@ -175,3 +175,20 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A binary of the workspace, next to this test's own executable's directory. The
+/// guest-agent binaries are built (or found up to date) once per test run, so a test
+/// never runs a stale agent against a newer service.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "guest-agent"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building guest-agent failed");
+    });
+    let exe = std::env::current_exe().expect("test path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join(name)
+}
