@@ -64,7 +64,7 @@ fn start_to_api(kernel: &Path, sock: &Path) -> (Duration, Duration) {
         .spawn()
         .expect("mempart-vmm starts");
     let wall = loop {
-        if vmm::ctl::request(sock, "GET", "/vm", "").is_ok() {
+        if vmm::api::client::request(sock, "GET", "/vm", "").is_ok() {
             break started.elapsed();
         }
         assert!(started.elapsed() < common::GUARD, "the API never answered");
@@ -96,7 +96,7 @@ fn set_up_to_api(kernel: &Path, sock: &Path) -> Duration {
     let before = cpu(libc::RUSAGE_SELF);
     let vm = vmm::Vm::new(config).expect("vm");
     let api = vmm::api::serve(sock, vm.handle(), serde_json::json!({})).expect("api");
-    vmm::ctl::request(sock, "GET", "/vm", "").expect("answer");
+    vmm::api::client::request(sock, "GET", "/vm", "").expect("answer");
     let spent = cpu(libc::RUSAGE_SELF) - before;
     api.stop();
     spent
@@ -140,7 +140,7 @@ fn latency(c: &mut Criterion) {
         .spawn()
         .expect("mempart-vmm starts");
     let started = Instant::now();
-    while vmm::ctl::request(&sock, "GET", "/vm", "").is_err() {
+    while vmm::api::client::request(&sock, "GET", "/vm", "").is_err() {
         assert!(started.elapsed() < common::GUARD, "the API never answered");
         std::hint::spin_loop();
     }
@@ -151,7 +151,7 @@ fn latency(c: &mut Criterion) {
         ("GET /metrics", "/metrics"),
     ] {
         group.bench_function(name, |b| {
-            b.iter(|| vmm::ctl::request(&sock, "GET", path, "").expect("answer"))
+            b.iter(|| vmm::api::client::request(&sock, "GET", path, "").expect("answer"))
         });
     }
     group.finish();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use mempart::topology::parse_size;
 
-use crate::memory::ClassBacking;
+use crate::vm::memory::ClassBacking;
 
 /// Where the guest's serial console goes.
 pub enum SerialOut {
@@ -70,7 +70,7 @@ pub fn parse_class(arg: &str) -> Result<ClassBacking, ConfigError> {
         .ok_or_else(|| err("expected NAME=SIZE".to_string()))?;
     mempart::check_name(name).map_err(|e| err(e.to_string()))?;
     let size = parse_size(size).map_err(err)?;
-    if size == 0 || size % crate::memory::PAGE != 0 || size == mempart::UNLIMITED {
+    if size == 0 || size % crate::vm::memory::PAGE != 0 || size == mempart::UNLIMITED {
         return Err(err(format!(
             "size {size} is not a positive multiple of 4 KiB"
         )));

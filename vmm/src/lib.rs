@@ -2,15 +2,11 @@
 //! its own host region, with the partition engine deciding who may use what.
 
 pub mod api;
-pub mod boot;
 pub mod config;
-pub mod ctl;
-pub mod memory;
 pub mod reclaim;
 pub mod service;
-pub mod violations;
 pub mod vm;
 
 pub use config::{SerialOut, VmConfig};
-pub use violations::Violation;
+pub use vm::violations::Violation;
 pub use vm::{Backend, Vm, VmError, VmExit, VmHandle};

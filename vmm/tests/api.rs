@@ -45,7 +45,7 @@ fn event_stream(sock: &Path, path: &str) -> std::sync::mpsc::Receiver<String> {
     let (sock, path) = (sock.to_path_buf(), path.to_string());
     std::thread::spawn(move || {
         let result =
-            vmm::ctl::follow_events(&sock, &path, |line| tx.send(line.to_string()).is_ok());
+            vmm::api::client::follow_events(&sock, &path, |line| tx.send(line.to_string()).is_ok());
         let _ = tx.send(format!("end: {result:?}"));
     });
     rx

@@ -77,7 +77,7 @@ fn typed_memory_is_usable_where_granted_refused_elsewhere_and_gone_after_revoke(
     // The flood is counted exactly while what is kept of it stays bounded.
     const FLOOD: u64 = 10_000;
     let recent = handle.violations();
-    assert_eq!(recent.len(), vmm::violations::RECENT_VIOLATIONS);
+    assert_eq!(recent.len(), vmm::vm::violations::RECENT_VIOLATIONS);
     assert_eq!(
         recent.last().map(|v| v.gpa),
         Some(base + 2 * MIB + 8 * ((FLOOD - 1) % 512))

@@ -1,4 +1,4 @@
-//! `mempart-vmm ctl`: a client of the host API on its unix socket.
+//! A client of the host API on its unix socket (`mempart-vmm ctl` and the tests use it).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -15,9 +15,13 @@
 //! | `GET /reclaim`, `GET /reclaim/{id}` | reclaims' progress |
 //! | `GET /events?path=P` | a stream of P's events, one JSON object per line, until the client leaves |
 //! | `DELETE /partition/mem/...` | destroy |
-//! | `GET /objects`, `DELETE /objects/{name}` | shared objects with their partition and size; unlink one |
+//! | `GET /objects`, `GET /objects/{name}`, `DELETE /objects/{name}` | shared objects with their partition, size and mappers; unlink one |
 //! | `GET /balloon` | target, actual, released pages, statistics |
 //! | `PUT /balloon` | body `{"target_pages": N}` |
+//!
+//! `client.rs` is its client, as `mempart-vmm ctl` uses it.
+
+pub mod client;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

@@ -1,5 +1,10 @@
 //! A running VM: KVM set-up, the memory classes, the serial console, vCPU threads and
-//! what ends them.
+//! what ends them. `boot.rs` loads the kernel, `memory.rs` lays out and backs the memory
+//! classes, `violations.rs` counts guest accesses to memory it was not granted.
+
+pub mod boot;
+pub mod memory;
+pub mod violations;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -27,12 +32,12 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::boot::{self, BootError, EMULATED_KERNEL_ARGS};
 use crate::config::{AgentEnd, SerialOut, VmConfig};
-use crate::memory::{class_bases, ClassRegion, MemoryError, Sysram};
 use crate::reclaim::Reclaimer;
 use crate::service::{Authority, PartitionService};
-use crate::violations::{LogLine, Violation, ViolationLog};
+use boot::{BootError, EMULATED_KERNEL_ARGS};
+use memory::{class_bases, ClassRegion, MemoryError, Sysram};
+use violations::{LogLine, Violation, ViolationLog};
 
 /// The COM1 ports.
 const COM1: u16 = 0x3f8;
@@ -382,7 +387,7 @@ impl Vm {
             .map(|(base, len)| base + len)
             .max()
             .unwrap_or(0)
-            .max(crate::memory::HIGH_RAM_START);
+            .max(crate::vm::memory::HIGH_RAM_START);
         boot::write_page_tables_and_gdt(&sysram.memory, top)?;
 
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
@@ -581,7 +586,7 @@ fn sysram_follows_balloon(shared: &Shared, status: &BalloonStatus) {
 
 /// The engine's classes for `config`: each typed class's allocation unit is at least the
 /// one that fits it in its share of KVM's `slots` memory slots (see
-/// [`crate::memory::slot_units`]), so every allocation the engine admits has a slot.
+/// [`crate::vm::memory::slot_units`]), so every allocation the engine admits has a slot.
 fn class_specs(config: &VmConfig, slots: u32) -> Result<Vec<ClassSpec>, VmError> {
     let typed: Vec<u64> = config
         .classes
@@ -589,7 +594,7 @@ fn class_specs(config: &VmConfig, slots: u32) -> Result<Vec<ClassSpec>, VmError>
         .filter(|c| c.name != mempart::SYSRAM)
         .map(|c| c.size)
         .collect();
-    let mut units = crate::memory::slot_units(&typed, slots).into_iter();
+    let mut units = crate::vm::memory::slot_units(&typed, slots).into_iter();
     let mut specs = Vec::with_capacity(config.classes.len());
     for c in &config.classes {
         let mut spec = ClassSpec::new(c.name.clone(), c.size);
@@ -991,7 +996,7 @@ impl VmHandle {
 
     /// The latest violations, oldest first (at most [`RECENT_VIOLATIONS`]).
     ///
-    /// [`RECENT_VIOLATIONS`]: crate::violations::RECENT_VIOLATIONS
+    /// [`RECENT_VIOLATIONS`]: crate::vm::violations::RECENT_VIOLATIONS
     pub fn violations(&self) -> Vec<Violation> {
         lock(&self.shared.violations).recent()
     }

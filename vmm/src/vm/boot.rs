@@ -10,7 +10,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{elf::Elf, load_cmdline, Cmdline, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::memory::{GPA_LIMIT, MMIO_HOLE_START};
+use crate::vm::memory::{GPA_LIMIT, MMIO_HOLE_START};
 
 /// Where the GDT goes.
 const GDT_ADDR: u64 = 0x500;
