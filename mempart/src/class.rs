@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::SubId;
-use crate::partition::PartId;
+use crate::ids::{PartId, SubId};
 use crate::security::Perm;
 
 /// The class that always exists: the guest's ordinary RAM.
@@ -14,10 +13,6 @@ pub const SYSRAM: &str = "sysram";
 pub const SYS_PARTITION: &str = "sys";
 /// The allocation unit when none is configured.
 pub const DEFAULT_UNIT: u64 = 4096;
-
-/// Identifies a class (classes are never removed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ClassId(pub(crate) u32);
 
 /// How to introduce a class.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

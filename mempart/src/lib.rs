@@ -27,6 +27,7 @@ mod class;
 mod engine;
 mod error;
 mod events;
+mod ids;
 mod ledger;
 mod name;
 mod namespace;
@@ -39,19 +40,17 @@ mod security;
 mod slab;
 pub mod topology;
 
-pub use class::{ClassId, ClassMetrics, ClassSpec, DEFAULT_UNIT, SYSRAM, SYS_PARTITION};
+pub use class::{ClassMetrics, ClassSpec, DEFAULT_UNIT, SYSRAM, SYS_PARTITION};
 pub use engine::{Engine, MAX_CLASSES, MAX_DEPTH, MAX_PARTITIONS};
 pub use error::{Errno, Error, Result};
-pub use events::{
-    Event, EventBatch, EventFilter, EventKind, SubId, Target, MAX_QUEUE, MAX_SUBSCRIPTIONS,
-};
+pub use events::{Event, EventBatch, EventFilter, EventKind, Target, MAX_QUEUE, MAX_SUBSCRIPTIONS};
+pub use ids::{ClassId, ObjectId, PartId, Pid, SubId};
 pub use name::{check_name, components, join, MEM_ROOT, NAME_MAX, PATH_MAX, RESERVED_NAME};
 pub use namespace::{DirEntry, EntryKind, Node, MAX_GROUPS};
-pub use objects::{ObjectId, ObjectInfo, MAX_MAPS_PER_PROCESS, MAX_OBJECTS};
+pub use objects::{ObjectInfo, MAX_MAPS_PER_PROCESS, MAX_OBJECTS};
 pub use partition::{
-    Limits, NewPartition, PartId, PartitionConfig, PartitionMetrics, PartitionType, SetOutcome,
-    UNLIMITED,
+    Limits, NewPartition, PartitionConfig, PartitionMetrics, PartitionType, SetOutcome, UNLIMITED,
 };
 pub use pids::PID_LIMIT;
-pub use process::{Association, Grant, Pid, Spawn, MAX_PROCESSES};
+pub use process::{Association, Grant, Spawn, MAX_PROCESSES};
 pub use security::{Access, Credential, Gid, Perm, Policies, Policy, Uid, MODE_MASK};

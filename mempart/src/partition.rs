@@ -4,18 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::class::ClassId;
-use crate::events::SubId;
-use crate::process::Pid;
+use crate::ids::{ClassId, PartId, Pid, SubId};
 use crate::security::{Perm, Policies};
-use crate::slab::Key;
 
 /// The maximum that means "no limit".
 pub const UNLIMITED: u64 = u64::MAX;
-
-/// Identifies a real partition; stale once the partition is destroyed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PartId(pub(crate) Key);
 
 /// The two configured sizes of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 //! with the number of processes, no second level to chase. The table covers the pids up
 //! to the highest one registered: 4 bytes per pid, 16 MiB at the very most.
 
-use crate::process::Pid;
+use crate::ids::Pid;
 
 /// Linux's `PID_MAX_LIMIT` on 64-bit: every pid of a Linux guest is below it.
 pub const PID_LIMIT: Pid = 1 << 22;

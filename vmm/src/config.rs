@@ -3,9 +3,25 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use mempart::topology::parse_size;
+/// Pages are 4 KiB, the guest's and the host's: class sizes are whole pages.
+pub const PAGE: u64 = 4096;
 
-use crate::vm::memory::ClassBacking;
+/// How a class is backed, as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassBacking {
+    /// The class name.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// Back it with huge pages (memfd with `MFD_HUGETLB`).
+    pub hugepages: bool,
+    /// Back it with this file instead of a memfd.
+    pub file: Option<PathBuf>,
+    /// Populate every page at start-up.
+    pub prefault: bool,
+}
+
+use mempart::topology::parse_size;
 
 /// Where the guest's serial console goes.
 pub enum SerialOut {
@@ -70,7 +86,7 @@ pub fn parse_class(arg: &str) -> Result<ClassBacking, ConfigError> {
         .ok_or_else(|| err("expected NAME=SIZE".to_string()))?;
     mempart::check_name(name).map_err(|e| err(e.to_string()))?;
     let size = parse_size(size).map_err(err)?;
-    if size == 0 || size % crate::vm::memory::PAGE != 0 || size == mempart::UNLIMITED {
+    if size == 0 || size % PAGE != 0 || size == mempart::UNLIMITED {
         return Err(err(format!(
             "size {size} is not a positive multiple of 4 KiB"
         )));

@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use mempart::{Credential, Engine};
 use protocol::cli::human;
-use vmm::config::{parse_class, parse_serial, with_sysram};
-use vmm::vm::memory::ClassBacking;
+use vmm::config::{parse_class, parse_serial, with_sysram, ClassBacking};
 use vmm::{Vm, VmConfig};
 
 /// What `run` takes, from the command line; each also has a key in `--config`.

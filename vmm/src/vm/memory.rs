@@ -9,19 +9,19 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::path::PathBuf;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use crate::config::ClassBacking;
+pub use crate::config::PAGE;
+
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
 /// One gibibyte.
 pub const GIB: u64 = 1 << 30;
-/// Guest pages are 4 KiB.
-pub const PAGE: u64 = 4096;
 /// Start of the hole below 4 GiB left for devices (virtio-mmio, the local and I/O APIC).
 pub const MMIO_HOLE_START: u64 = 3 * GIB;
 /// Where sysram continues above the hole.
@@ -145,21 +145,6 @@ pub enum MemoryError {
 }
 
 type Result<T> = std::result::Result<T, MemoryError>;
-
-/// How a class is backed, as given on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClassBacking {
-    /// The class name.
-    pub name: String,
-    /// Bytes.
-    pub size: u64,
-    /// Back it with huge pages (memfd with `MFD_HUGETLB`).
-    pub hugepages: bool,
-    /// Back it with this file instead of a memfd.
-    pub file: Option<PathBuf>,
-    /// Populate every page at start-up.
-    pub prefault: bool,
-}
 
 /// Creates the backing file of a class: a memfd named after it, or the given file.
 fn backing_file(class: &ClassBacking) -> Result<File> {

@@ -1,17 +1,25 @@
 //! The engine: one authoritative partition tree per VM, its exact accounting and its management.
+//! This file holds the tree, classes and limits; `events.rs`, `namespace.rs`, `objects.rs`
+//! and `process.rs` hold the engine's operations on those (the types they act on live in
+//! the crate's modules of the same names, which never import the engine).
+
+mod events;
+mod namespace;
+mod objects;
+mod process;
 
 use std::collections::BTreeMap;
 
-use crate::class::{Class, ClassId, ClassMetrics, ClassSpec, SYSRAM, SYS_PARTITION};
+use crate::class::{Class, ClassMetrics, ClassSpec, SYSRAM, SYS_PARTITION};
 use crate::error::{Errno, Error, Result};
 use crate::events::{EventKind, Subscription, Target};
+use crate::ids::{ClassId, PartId, SubId};
 use crate::ledger::{Delta, LeafChange, Ledger, Mode, Record, Refusal, CLASS_LEVEL};
 use crate::name::{check_name, check_partition_name, components, MEM_ROOT};
 use crate::namespace::{Group, Node};
 use crate::objects::Objects;
 use crate::partition::{
-    Limits, NewPartition, PartId, Partition, PartitionConfig, PartitionMetrics, SetOutcome,
-    UNLIMITED,
+    Limits, NewPartition, Partition, PartitionConfig, PartitionMetrics, SetOutcome, UNLIMITED,
 };
 use crate::pids::PidMap;
 use crate::process::Process;
@@ -1051,10 +1059,7 @@ impl Engine {
     }
 
     /// Subscribers of a target (for the events module).
-    pub(crate) fn target_subscribers(
-        &mut self,
-        target: Target,
-    ) -> Option<&mut Vec<crate::events::SubId>> {
+    pub(crate) fn target_subscribers(&mut self, target: Target) -> Option<&mut Vec<SubId>> {
         match target {
             Target::Partition(id) => self.parts.get_mut(id.0).map(|p| &mut p.subscribers),
             Target::Class(c) => self
@@ -1076,7 +1081,7 @@ fn part_in(parts: &mut Slab<Partition>, id: PartId) -> Result<&mut Partition> {
 }
 
 /// Offers `kind` to each listed subscription.
-pub(crate) fn notify(ids: &[crate::events::SubId], subs: &mut Slab<Subscription>, kind: EventKind) {
+pub(crate) fn notify(ids: &[SubId], subs: &mut Slab<Subscription>, kind: EventKind) {
     for s in ids {
         if let Some(sub) = subs.get_mut(s.0) {
             sub.offer(kind);
