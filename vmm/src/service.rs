@@ -86,6 +86,17 @@ fn respond<W: Write>(
     }
 }
 
+/// The class called `name`, or `ENOENT` naming its path.
+fn class_named(e: &Engine, name: &str) -> Result<mempart::ClassId, mempart::Error> {
+    e.class_id(name).ok_or_else(|| {
+        mempart::Error::new(
+            Errno::Enoent,
+            format!("{}/{name}", mempart::MEM_ROOT),
+            "no such class",
+        )
+    })
+}
+
 /// Linux's errno for a value too large for its destination.
 const EOVERFLOW: i32 = 75;
 
@@ -418,13 +429,7 @@ impl PartitionService {
             }
             Op::ObjectCreate { pid, class, name } => {
                 e.may_act_for(caller, pid)?;
-                let id = e.class_id(&class).ok_or_else(|| {
-                    mempart::Error::new(
-                        Errno::Enoent,
-                        format!("{}/{class}", mempart::MEM_ROOT),
-                        "no such class",
-                    )
-                })?;
+                let id = class_named(e, &class)?;
                 e.object_create(pid, &name, id)?;
                 Reply::Done
             }
@@ -525,13 +530,7 @@ impl PartitionService {
             }
             Op::Allocate { pid, class, bytes } => {
                 e.may_act_for(caller, pid)?;
-                let id = e.class_id(&class).ok_or_else(|| {
-                    mempart::Error::new(
-                        Errno::Enoent,
-                        format!("{}/{class}", mempart::MEM_ROOT),
-                        "no such class",
-                    )
-                })?;
+                let id = class_named(e, &class)?;
                 let grant = e.allocate(pid, id, bytes)?;
                 let typed = self.typed.get().filter(|_| class != mempart::SYSRAM);
                 let gpa = match typed {

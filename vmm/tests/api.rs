@@ -420,7 +420,7 @@ fn names_with_spaces_highest_reset_and_one_way_policies() {
         return;
     }
     use mempart::{Credential, Spawn};
-    use protocol::{Client, Op, Reply};
+    use protocol::{Op, Reply};
     let (config, rx) = common::tiny_config(guest("wait"), 1, &["sysram=64M", "class 1=16M"]);
     let vm = Vm::new(config).expect("vm");
     let handle = vm.handle();
@@ -450,13 +450,7 @@ fn names_with_spaces_highest_reset_and_one_way_policies() {
     assert_eq!(stat["path"], "/partition/mem/class 1/my box");
 
     // A process of the box allocates 1 MiB and frees it: the highest stays until reset.
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
-    let service = handle.service();
-    std::thread::spawn(move || {
-        let reader = theirs.try_clone().expect("clone");
-        service.serve(reader, theirs, vmm::service::Authority::Guest)
-    });
-    let mut client = Client::connect(ours).expect("handshake");
+    let mut client = common::agent_client(&handle);
     let root = Credential::guest_root();
     let start = Op::ProcessStart {
         pid: 9,

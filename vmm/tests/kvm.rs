@@ -279,13 +279,7 @@ fn typed_allocations_through_the_service_are_backed_by_granted_extents() {
     let (config, _rx) = config(guest("wait"), 1, &["sysram=32M", "fast=1M"]);
     let vm = Vm::new(config).expect("vm");
     let handle = vm.handle();
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
-    let service = handle.service();
-    std::thread::spawn(move || {
-        let reader = theirs.try_clone().expect("clone");
-        service.serve(reader, theirs, vmm::service::Authority::Guest)
-    });
-    let mut client = Client::connect(ours).expect("handshake");
+    let mut client = common::agent_client(&handle);
     let root = Credential::guest_root();
     let start = Op::ProcessStart {
         pid: 9,
@@ -370,17 +364,11 @@ fn every_typed_allocation_the_engine_admits_is_placed() {
         return;
     }
     use mempart::{Credential, Limits, Spawn};
-    use protocol::{Client, Op, Reply};
+    use protocol::{Op, Reply};
     let (config, _rx) = config(guest("wait"), 1, &["sysram=32M", "fast=64M", "slow=64M"]);
     let vm = Vm::new(config).expect("vm");
     let handle = vm.handle();
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
-    let service = handle.service();
-    std::thread::spawn(move || {
-        let reader = theirs.try_clone().expect("clone");
-        service.serve(reader, theirs, vmm::service::Authority::Guest)
-    });
-    let mut client = Client::connect(ours).expect("handshake");
+    let mut client = common::agent_client(&handle);
     let root = Credential::guest_root();
     let mut call = |op| client.call(&root, op).expect("io");
     let unit =

@@ -192,3 +192,15 @@ pub fn binary(name: &str) -> PathBuf {
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     dir.join(name)
 }
+
+/// A protocol client of the VM's partition service with the authority of the agent
+/// channel (guest identities only), as a guest agent would be.
+pub fn agent_client(handle: &vmm::VmHandle) -> protocol::Client<std::os::unix::net::UnixStream> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let service = handle.service();
+    std::thread::spawn(move || {
+        let reader = theirs.try_clone().expect("clone");
+        service.serve(reader, theirs, vmm::service::Authority::Guest)
+    });
+    protocol::Client::connect(ours).expect("handshake")
+}
