@@ -551,6 +551,17 @@ fn a_typed_object_is_one_extent_shared_until_its_last_mapper_leaves() {
     assert_eq!(denied.name, "EACCES", "{denied:?}");
     let busy = call(&mut host, &root, resize(MIB)).expect_err("EBUSY");
     assert_eq!(busy.name, "EBUSY", "{busy:?}");
+    assert_eq!(
+        call(&mut host, &root, resize(4 * MIB)),
+        Ok(Reply::Done),
+        "the same size changes nothing"
+    );
+    let (_, gpa) = mapped(call(&mut host, &root, map(8)));
+    assert_eq!(gpa, Some(extent), "the mappers keep their extent");
+    assert!(
+        !typed.revoked.lock().expect("lock").contains(&extent),
+        "a resize to the same size takes nothing back"
+    );
     let used = |host: &mut Client<UnixStream>, path: &str| match call(
         host,
         &Credential::Host,
