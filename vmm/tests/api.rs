@@ -51,20 +51,54 @@ fn event_stream(sock: &Path, path: &str) -> std::sync::mpsc::Receiver<String> {
     rx
 }
 
+/// A VM running the `wait` guest with `classes`, its API served on `sock`.
+struct ApiVm {
+    handle: vmm::VmHandle,
+    api: vmm::api::ApiServer,
+    running: std::thread::JoinHandle<Result<VmExit, vmm::VmError>>,
+}
+
+impl ApiVm {
+    fn start(sock: &Path, classes: &[&str], config: serde_json::Value) -> ApiVm {
+        let (vm_config, rx) = common::tiny_config(guest("wait"), 1, classes);
+        let vm = Vm::new(vm_config).expect("vm");
+        let handle = vm.handle();
+        let api = vmm::api::serve(sock, handle.clone(), config).expect("api");
+        let running = std::thread::spawn(move || vm.run());
+        assert_eq!(next_line(&rx), "guest: waiting");
+        ApiVm {
+            handle,
+            api,
+            running,
+        }
+    }
+
+    /// Stops the API, lets the guest go and checks that it shut down.
+    fn stop(self) {
+        self.api.stop();
+        self.handle
+            .write_sysram(0x80000, &1u64.to_le_bytes())
+            .expect("mailbox");
+        assert_eq!(
+            self.running.join().expect("vm thread").expect("vm ran"),
+            VmExit::Reset
+        );
+    }
+}
+
 #[test]
 fn every_endpoint_and_malformed_requests() {
     if !kvm_available() {
         return;
     }
-    let (config, rx) = common::tiny_config(guest("wait"), 1, &["sysram=64M", "fast=16M"]);
-    let vm = Vm::new(config).expect("vm");
-    let handle = vm.handle();
     let sock =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("api-{}.sock", std::process::id()));
-    let api =
-        vmm::api::serve(&sock, handle.clone(), serde_json::json!({ "cpus": 1 })).expect("api");
-    let running = std::thread::spawn(move || vm.run());
-    assert_eq!(next_line(&rx), "guest: waiting");
+    let vm = ApiVm::start(
+        &sock,
+        &["sysram=64M", "fast=16M"],
+        serde_json::json!({ "cpus": 1 }),
+    );
+    let handle = vm.handle.clone();
 
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&sock)
@@ -369,15 +403,8 @@ fn every_endpoint_and_malformed_requests() {
     );
     assert_eq!(http(&sock, "GET", "/vm", "").0, 200, "the VMM is unharmed");
 
-    api.stop();
+    vm.stop();
     assert!(!sock.exists(), "the socket goes with the server");
-    handle
-        .write_sysram(0x80000, &1u64.to_le_bytes())
-        .expect("mailbox");
-    assert_eq!(
-        running.join().expect("vm thread").expect("vm ran"),
-        VmExit::Reset
-    );
 }
 
 /// The OpenAPI document describes every endpoint the API serves.
@@ -421,14 +448,10 @@ fn names_with_spaces_highest_reset_and_one_way_policies() {
     }
     use mempart::{Credential, Spawn};
     use protocol::{Op, Reply};
-    let (config, rx) = common::tiny_config(guest("wait"), 1, &["sysram=64M", "class 1=16M"]);
-    let vm = Vm::new(config).expect("vm");
-    let handle = vm.handle();
     let sock = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("api-names-{}.sock", std::process::id()));
-    let api = vmm::api::serve(&sock, handle.clone(), serde_json::json!({})).expect("api");
-    let running = std::thread::spawn(move || vm.run());
-    assert_eq!(next_line(&rx), "guest: waiting");
+    let vm = ApiVm::start(&sock, &["sysram=64M", "class 1=16M"], serde_json::json!({}));
+    let handle = vm.handle.clone();
 
     const BOX: &str = "/partition/mem/class%201/my%20box";
     assert_eq!(http(&sock, "POST", BOX, r#"{"max": 4194304}"#).0, 200);
@@ -537,14 +560,7 @@ fn names_with_spaces_highest_reset_and_one_way_policies() {
     assert!(!list.contains("a/b") && !list.contains("a%2Fb"), "{list}");
     assert_eq!(http(&sock, "DELETE", BOX, "").0, 403, "permanent");
 
-    api.stop();
-    handle
-        .write_sysram(0x80000, &1u64.to_le_bytes())
-        .expect("mailbox");
-    assert_eq!(
-        running.join().expect("vm thread").expect("vm ran"),
-        VmExit::Reset
-    );
+    vm.stop();
 }
 
 /// The host's `ctl` (through the API) and the guest's `mpctl` (through the agent and the
@@ -558,18 +574,15 @@ fn ctl_and_mpctl_print_the_same_partition_alike() {
     use std::io::BufRead;
     use std::os::unix::net::UnixListener;
     use std::process::{Command, Stdio};
-    let (config, rx) = common::tiny_config(guest("wait"), 1, &["sysram=64M", "fast=16M"]);
-    let vm = Vm::new(config).expect("vm");
-    let handle = vm.handle();
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-alike-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let api = dir.join("api.sock");
-    let api_server = vmm::api::serve(&api, handle.clone(), serde_json::json!({})).expect("api");
+    let vm = ApiVm::start(&api, &["sysram=64M", "fast=16M"], serde_json::json!({}));
     let upstream = dir.join("service.sock");
     let listener = UnixListener::bind(&upstream).expect("bind");
-    let service = handle.service();
+    let service = vm.handle.service();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let service = service.clone();
@@ -579,8 +592,6 @@ fn ctl_and_mpctl_print_the_same_partition_alike() {
             });
         }
     });
-    let running = std::thread::spawn(move || vm.run());
-    assert_eq!(next_line(&rx), "guest: waiting");
     let agent_sock = dir.join("agent.sock");
     let mut agent = common::KillOnDrop(
         Command::new(common::binary("mempart-agent"))
@@ -663,12 +674,5 @@ fn ctl_and_mpctl_print_the_same_partition_alike() {
         "highest      2M (reset)\n"
     );
     drop(agent);
-    api_server.stop();
-    handle
-        .write_sysram(0x80000, &1u64.to_le_bytes())
-        .expect("mailbox");
-    assert_eq!(
-        running.join().expect("vm thread").expect("vm ran"),
-        VmExit::Reset
-    );
+    vm.stop();
 }
