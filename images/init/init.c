@@ -1,19 +1,23 @@
 /* The guest's /init. It mounts the pseudo file systems and then, by the kernel argument
  * mempart.init=:
- *   greet  finds the agent port by name, greets the VMM over it, waits for its "done";
+ *   greet  finds the agent port by name, greets the VMM over it and does what the VMM
+ *          says on it: "zone" runs the zone steps (see zone_steps), "done" powers off;
  *   agent  starts mempart-agent on the port (serving the /partition view, with its
  *          cgroup mirror when mempart.cgroups=on) and runs each line of
  *          mempart.script= (default /etc/mpctl-script; several scripts are separated
  *          by commas), echoing it;
- * and reboots (with reboot=k the VMM sees an i8042 reset and exits 0). */
+ * and reboots (with reboot=k the VMM sees an i8042 reset and exits 0), or for greet
+ * powers off through ACPI (the VMM exits 0 too). */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -43,6 +47,97 @@ static int find_port(const char *wanted, char *dev, size_t len) {
     }
     closedir(dir);
     return -1;
+}
+
+/* Reads one line (without its newline) from `fd` into `line`; 0 at its end. */
+static int read_line(int fd, char *line, size_t len) {
+    size_t got = 0;
+    while (got + 1 < len) {
+        ssize_t n = read(fd, line + got, 1);
+        if (n <= 0) break;
+        if (line[got] == '\n') break;
+        got++;
+    }
+    line[got] = 0;
+    return got > 0;
+}
+
+/* MemTotal of NUMA node `node` in kB (0 if it has none or does not exist). */
+static long node_memtotal_kb(int node) {
+    char path[64], key[32];
+    snprintf(path, sizeof path, "/sys/devices/system/node/node%d/meminfo", node);
+    snprintf(key, sizeof key, "Node %d MemTotal: %%ld kB", node);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[256];
+    long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, key, &kb) == 1) break;
+    fclose(f);
+    return kb;
+}
+
+/* Whether a memory block above 4 GiB is online: the VMM places zones there, and the
+ * test guests' RAM ends below 3 GiB. Blocks are 128 MiB, so that is block 32 or later. */
+static int zone_memory_online(void) {
+    DIR *dir = opendir("/sys/devices/system/memory");
+    if (!dir) return 0;
+    int found = 0;
+    struct dirent *e;
+    while (!found && (e = readdir(dir))) {
+        int block;
+        if (sscanf(e->d_name, "memory%d", &block) != 1 || block < 32) continue;
+        char path[300], state[8] = {0};
+        snprintf(path, sizeof path, "/sys/devices/system/memory/%s/online", e->d_name);
+        int fd = open(path, O_RDONLY);
+        if (fd < 0) continue;
+        found = read(fd, state, sizeof state - 1) > 0 && state[0] == '1';
+        close(fd);
+    }
+    closedir(dir);
+    return found;
+}
+
+#define ZONE_TOUCH (48UL << 20)
+
+/* The first zone is node 1 when the kernel has NUMA (node 0 without): waits (at most a
+ * minute) until the memory the VMM asked the guest to plug is online, then a child bound
+ * to that node touches 48 MiB and holds it until the VMM says "free" on the agent port. */
+static void zone_steps(int port) {
+    for (int i = 0; i < 600 && !zone_memory_online(); i++) usleep(100 * 1000);
+    int node = access("/sys/devices/system/node/node1", F_OK) == 0 ? 1 : 0;
+    printf("init: node%d MemTotal %ld kB\n", node, node_memtotal_kb(node));
+    fflush(stdout);
+    int ready[2], release[2];
+    if (pipe(ready) != 0 || pipe(release) != 0) return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        unsigned long nodes = 1UL << node;
+        if (node && syscall(SYS_set_mempolicy, 2 /* MPOL_BIND */, &nodes, 64) != 0) _exit(2);
+        char *mem = mmap(NULL, ZONE_TOUCH, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (mem == MAP_FAILED) _exit(3);
+        for (size_t off = 0; off < ZONE_TOUCH; off += 4096) mem[off] = 1;
+        if (write(ready[1], "t", 1) != 1) _exit(4);
+        char c;
+        if (read(release[0], &c, 1) != 1) _exit(5);
+        _exit(0);
+    }
+    char c;
+    if (read(ready[0], &c, 1) != 1) {
+        int status = 0;
+        waitpid(pid, &status, 0);
+        printf("init: the node %d child failed (status %d)\n", node, status);
+        fflush(stdout);
+        return;
+    }
+    printf("init: touched 48 MiB on node %d\n", node);
+    fflush(stdout);
+    char line[64];
+    while (read_line(port, line, sizeof line) && strcmp(line, "free") != 0) {}
+    if (write(release[1], "x", 1) != 1) say("cannot release the zone's child");
+    waitpid(pid, NULL, 0);
+    printf("init: freed node %d\n", node);
+    fflush(stdout);
 }
 
 /* The value of kernel argument `key` (e.g. "mempart.init="), or `fallback`. */
@@ -200,15 +295,10 @@ int main(int argc, char **argv) {
     const char *hello = "hello from linux: org.mempart.agent.0\n";
     if (write(fd, hello, strlen(hello)) != (ssize_t)strlen(hello)) say("short write");
     say("greeted the host");
-    char buf[64] = {0};
-    size_t got = 0;
-    while (got < 5) {
-        ssize_t n = read(fd, buf + got, sizeof buf - 1 - got);
-        if (n <= 0) break;
-        got += (size_t)n;
-    }
-    printf("init: host said %s", buf);
+    char line[64];
+    while (read_line(fd, line, sizeof line) && strcmp(line, "zone") == 0) zone_steps(fd);
+    printf("init: host said %s\n", line);
     fflush(stdout);
-    reboot(RB_AUTOBOOT);
+    reboot(RB_POWER_OFF);
     return 0;
 }

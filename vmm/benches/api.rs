@@ -80,6 +80,7 @@ fn start_to_api(kernel: &Path, sock: &Path) -> (Duration, Duration) {
 /// until `GET /vm` is answered; returns the process's CPU time for it.
 fn set_up_to_api(kernel: &Path, sock: &Path) -> Duration {
     let config = vmm::VmConfig {
+        zones: Vec::new(),
         kernel: kernel.to_path_buf(),
         initrd: None,
         cmdline: String::new(),

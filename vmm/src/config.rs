@@ -23,6 +23,69 @@ pub struct ClassBacking {
 
 use mempart::topology::parse_size;
 
+/// Zones are sized in the guest's memory blocks: Linux adds hot-plugged memory 128 MiB at
+/// a time, so a region that is not a whole number of them loses its tail.
+pub const ZONE_GRANULE: u64 = 128 << 20;
+
+/// A zone as given on the command line: a guest NUMA node backed by a virtio-mem device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneSpec {
+    /// The zone name.
+    pub name: String,
+    /// Bytes of its region: the most it can be plugged to.
+    pub size: u64,
+    /// Bytes asked of the guest at boot.
+    pub requested: u64,
+    /// Back it with huge pages.
+    pub hugepages: bool,
+}
+
+/// Parses `NAME=SIZE[,plugged=SIZE][,hugepages]`.
+pub fn parse_zone(arg: &str) -> Result<ZoneSpec, ConfigError> {
+    let err = |reason: String| ConfigError::Zone {
+        arg: arg.to_string(),
+        reason,
+    };
+    let mut parts = arg.split(',');
+    let first = parts.next().unwrap_or_default();
+    let (name, size) = first
+        .split_once('=')
+        .ok_or_else(|| err("expected NAME=SIZE".to_string()))?;
+    mempart::check_name(name).map_err(|e| err(e.to_string()))?;
+    let size = parse_size(size).map_err(err)?;
+    if size == 0 || size % ZONE_GRANULE != 0 || size == mempart::UNLIMITED {
+        return Err(err(format!(
+            "size {size} is not a positive multiple of 128 MiB (the guest hot-plugs memory \
+             in 128 MiB blocks)"
+        )));
+    }
+    let mut zone = ZoneSpec {
+        name: name.to_string(),
+        size,
+        requested: 0,
+        hugepages: false,
+    };
+    for option in parts {
+        match option.split_once('=') {
+            None if option == "hugepages" => zone.hugepages = true,
+            Some(("plugged", value)) => {
+                zone.requested = parse_size(value).map_err(err)?;
+                if zone.requested > size {
+                    return Err(err(format!(
+                        "plugged={value} is more than the zone's {size} bytes"
+                    )));
+                }
+            }
+            _ => {
+                return Err(err(format!(
+                    "unknown option {option:?} (use plugged=SIZE or hugepages)"
+                )))
+            }
+        }
+    }
+    Ok(zone)
+}
+
 /// Where the guest's serial console goes.
 pub enum SerialOut {
     /// The VMM's standard output.
@@ -57,6 +120,17 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A `--zone` argument that does not parse.
+    #[error("--zone {arg:?}: {reason}")]
+    Zone {
+        /// The argument.
+        arg: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two zones with one name.
+    #[error("--zone {0:?} is given twice")]
+    DuplicateZone(String),
     /// Two classes with one name.
     #[error("--class {0:?} is given twice")]
     DuplicateClass(String),
@@ -173,6 +247,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Memory classes, sysram first.
     pub classes: Vec<ClassBacking>,
+    /// Zones: guest NUMA nodes of hot-pluggable memory.
+    pub zones: Vec<ZoneSpec>,
     /// Start-up topology file.
     pub topology: Option<PathBuf>,
     /// Serial console destination.
@@ -186,6 +262,31 @@ pub struct VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zone_arguments_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_zone("db=256M,plugged=64M,hugepages"),
+            Ok(ZoneSpec {
+                name: "db".into(),
+                size: 256 << 20,
+                requested: 64 << 20,
+                hugepages: true
+            })
+        );
+        assert_eq!(parse_zone("db=128M").map(|z| z.requested), Ok(0));
+        for (arg, says) in [
+            ("db", "NAME=SIZE"),
+            ("db=100M", "multiple of 128 MiB"),
+            ("db=128M,plugged=256M", "more than"),
+            ("db=128M,plugged=x", "x"),
+            ("db=128M,fast", "unknown option"),
+            ("a/b=128M", "a/b"),
+        ] {
+            let e = parse_zone(arg).unwrap_err().to_string();
+            assert!(e.contains(says), "{arg}: {e}");
+        }
+    }
 
     #[test]
     fn class_arguments_parse_with_options() {

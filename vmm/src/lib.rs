@@ -9,4 +9,4 @@ pub mod vm;
 
 pub use config::{SerialOut, VmConfig};
 pub use vm::violations::Violation;
-pub use vm::{Backend, Vm, VmError, VmExit, VmHandle};
+pub use vm::{Backend, Vm, VmError, VmExit, VmHandle, ZoneFigures};

@@ -60,7 +60,20 @@ struct ApiVm {
 
 impl ApiVm {
     fn start(sock: &Path, classes: &[&str], config: serde_json::Value) -> ApiVm {
-        let (vm_config, rx) = common::tiny_config(guest("wait"), 1, classes);
+        ApiVm::start_with_zones(sock, classes, &[], config)
+    }
+
+    fn start_with_zones(
+        sock: &Path,
+        classes: &[&str],
+        zones: &[&str],
+        config: serde_json::Value,
+    ) -> ApiVm {
+        let (mut vm_config, rx) = common::tiny_config(guest("wait"), 1, classes);
+        vm_config.zones = zones
+            .iter()
+            .map(|z| vmm::config::parse_zone(z).expect("zone"))
+            .collect();
         let vm = Vm::new(vm_config).expect("vm");
         let handle = vm.handle();
         let api = vmm::api::serve(sock, handle.clone(), config).expect("api");
@@ -418,6 +431,7 @@ fn the_openapi_document_names_every_endpoint() {
         ("/config:", &["get:"][..]),
         ("/metrics:", &["get:"][..]),
         ("/balloon:", &["get:", "put:"][..]),
+        ("/zone/{name}:", &["get:", "patch:"][..]),
         ("/reclaim:", &["get:"][..]),
         ("/reclaim/{id}:", &["get:"][..]),
         ("/events:", &["get:"][..]),
@@ -674,5 +688,83 @@ fn ctl_and_mpctl_print_the_same_partition_alike() {
         "highest      2M (reset)\n"
     );
     drop(agent);
+    vm.stop();
+}
+
+/// A zone through the API: its figures in `GET /vm`, `GET /zone/NAME` and `/metrics`;
+/// `PATCH /zone/NAME` sets the requested size, and bad sizes and names say why.
+#[test]
+fn zones_are_shown_and_resized_through_the_api() {
+    if !kvm_available() {
+        return;
+    }
+    let sock = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("api-zone-{}.sock", std::process::id()));
+    let vm = ApiVm::start_with_zones(
+        &sock,
+        &["sysram=32M"],
+        &["db=128M,plugged=8M"],
+        serde_json::json!({}),
+    );
+    let (status, body) = http(&sock, "GET", "/vm", "");
+    assert_eq!(status, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let zone = &info["zones"][0];
+    assert_eq!(
+        (
+            &zone["name"],
+            &zone["node"],
+            &zone["size"],
+            &zone["requested"]
+        ),
+        (
+            &serde_json::json!("db"),
+            &serde_json::json!(1),
+            &serde_json::json!(128u64 << 20),
+            &serde_json::json!(8u64 << 20)
+        )
+    );
+    assert_eq!(
+        (&zone["plugged"], &zone["resident"]),
+        (&serde_json::json!(0), &serde_json::json!(0))
+    );
+    let (status, body) = http(&sock, "PATCH", "/zone/db", r#"{"requested": 16777216}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(vm.handle.zones()[0].device.requested_size, 16 << 20);
+    let (status, body) = http(&sock, "GET", "/zone/db", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""requested":16777216"#), "{body}");
+    for (path, body, code, says) in [
+        (
+            "/zone/db",
+            r#"{"requested": 3145728}"#,
+            400,
+            "multiple of the block size",
+        ),
+        (
+            "/zone/db",
+            r#"{"requested": 268435456}"#,
+            400,
+            "more than the region",
+        ),
+        ("/zone/db", r#"{"requested": -1}"#, 400, ""),
+        ("/zone/db", r#"{"size": 1}"#, 400, ""),
+        ("/zone/nope", r#"{"requested": 0}"#, 404, "no zone"),
+    ] {
+        let (status, answer) = http(&sock, "PATCH", path, body);
+        assert_eq!(status, code, "{path} {body}: {answer}");
+        assert!(answer.contains(says), "{path} {body}: {answer}");
+    }
+    assert_eq!(http(&sock, "GET", "/zone/nope", "").0, 404);
+    assert_eq!(vm.handle.zones()[0].device.requested_size, 16 << 20);
+    let (_, metrics) = http(&sock, "GET", "/metrics", "");
+    assert!(
+        metrics.contains("mempart_zone_requested_bytes{zone=\"db\"} 16777216"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mempart_zone_plugged_bytes{zone=\"db\"} 0"),
+        "{metrics}"
+    );
     vm.stop();
 }

@@ -427,3 +427,75 @@ fn every_typed_allocation_the_engine_admits_is_placed() {
     let slots = &info["memory_slots"];
     assert!(slots["used"].as_u64() <= slots["max"].as_u64(), "{slots}");
 }
+
+/// A tiny guest with its own virtio-mem driver: unplugged zone memory is refused and
+/// counted, plugged blocks are usable and backed, and after an unplug their host pages
+/// are gone and the guest is refused again.
+#[test]
+fn zone_blocks_are_usable_only_while_plugged_and_freed_when_unplugged() {
+    if !kvm_available() {
+        return;
+    }
+    const BLOCK: u64 = 2 << 20;
+    const REQUESTED: u64 = 2 * BLOCK;
+    let (mut config, rx) = config(guest("mem"), 1, &["sysram=32M"]);
+    config.zones = vec![vmm::config::parse_zone("db=128M,plugged=4M").expect("zone")];
+    let vm = Vm::new(config).expect("vm");
+    let handle = vm.handle();
+    let zone = || handle.zones().into_iter().next().expect("one zone");
+    assert_eq!((zone().resident, zone().device.plugged_size), (0, 0));
+    let running = std::thread::spawn(move || vm.run());
+    let hex = |v: u64| format!("0x{v:016x}");
+    assert_eq!(next_line(&rx), format!("guest: block {}", hex(BLOCK)));
+    assert_eq!(
+        next_line(&rx),
+        format!("guest: requested {}", hex(REQUESTED))
+    );
+    assert_eq!(
+        next_line(&rx),
+        format!("guest: unplugged read {}", hex(u64::MAX))
+    );
+    assert_eq!(next_line(&rx), format!("guest: plug {}", hex(0)));
+    // Each 4 KiB page of block b holds b + 1.
+    let pages = BLOCK / 4096;
+    assert_eq!(
+        next_line(&rx),
+        format!("guest: plugged sum {}", hex(pages * (1 + 2)))
+    );
+    assert_eq!(next_line(&rx), format!("guest: state {}", hex(0)));
+    assert_eq!(
+        next_line(&rx),
+        format!("guest: plugged size {}", hex(REQUESTED))
+    );
+    let plugged = zone();
+    assert_eq!(
+        (plugged.device.plugged_size, plugged.resident),
+        (REQUESTED, REQUESTED)
+    );
+    assert_eq!(plugged.violations, 1);
+    handle
+        .write_sysram(MAILBOX, &1u64.to_le_bytes())
+        .expect("mailbox");
+    assert_eq!(next_line(&rx), format!("guest: unplug {}", hex(0)));
+    assert_eq!(
+        next_line(&rx),
+        format!("guest: after unplug read {}", hex(u64::MAX))
+    );
+    // RESP_ERROR is 3.
+    assert_eq!(next_line(&rx), format!("guest: misaligned plug {}", hex(3)));
+    assert_eq!(
+        running.join().expect("vm thread").expect("vm ran"),
+        VmExit::Reset
+    );
+    let unplugged = zone();
+    assert_eq!(
+        (
+            unplugged.device.plugged_size,
+            unplugged.resident,
+            unplugged.violations,
+            unplugged.device.errors
+        ),
+        (0, 0, 2, 1)
+    );
+    assert_eq!(unplugged.device.requests, 4);
+}

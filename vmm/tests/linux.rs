@@ -14,7 +14,7 @@ use std::sync::mpsc::channel;
 use std::time::Instant;
 
 use common::{kvm_available, line_starting, Lines, GUARD};
-use vmm::config::{parse_class, with_sysram, AgentEnd};
+use vmm::config::{parse_class, parse_zone, with_sysram, AgentEnd};
 use vmm::{Backend, SerialOut, Vm, VmConfig, VmExit};
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -94,6 +94,7 @@ fn linux_config(
         .map(|c| parse_class(c).expect("class"))
         .collect();
     let config = VmConfig {
+        zones: Vec::new(),
         kernel,
         initrd: Some(initrd),
         cmdline: format!("console=ttyS0 reboot=k panic=-1 mempart.init={init}"),
@@ -107,16 +108,20 @@ fn linux_config(
     (config, rx)
 }
 
-/// Linux binds both virtio drivers: its init finds the agent port by the name read from
+/// Linux binds every virtio driver: its init finds the agent port by the name read from
 /// /sys/class/virtio-ports/*/name and greets the host over it; the balloon driver
-/// inflates to the host's target and reports it as `actual`.
+/// inflates to the host's target and reports it as `actual`. The zone is node 1 (from the
+/// SRAT): its virtio-mem driver plugs the 64 MiB asked at boot, a process bound to node 1 touches 48 MiB and the zone's memfd
+/// grows by that while sysram's does not; after it exits the host asks for 16 MiB, the
+/// driver unplugs and the memfd shrinks to at most that. The guest then powers off
+/// through ACPI.
 #[test]
 fn linux_binds_the_agent_port_and_the_balloon() {
     let Some((kernel, initrd)) = kernel_and_initramfs() else {
         return;
     };
     const TARGET: u32 = 2048;
-    let (config, rx) = linux_config(
+    let (mut config, rx) = linux_config(
         kernel,
         initrd,
         "greet",
@@ -124,6 +129,7 @@ fn linux_binds_the_agent_port_and_the_balloon() {
         None,
         AgentEnd::Raw,
     );
+    config.zones = vec![parse_zone("db=128M,plugged=64M").expect("zone")];
     let started = Instant::now();
     let vm = Vm::new(config).expect("vm");
     let handle = vm.handle();
@@ -163,14 +169,66 @@ fn linux_binds_the_agent_port_and_the_balloon() {
     let status = handle.balloon().status();
     assert!(status.inflated_pages >= u64::from(TARGET), "{status:?}");
 
+    const MIB: u64 = 1 << 20;
+    let zone = || handle.zones().into_iter().next().expect("the zone");
+    assert_eq!(handle.agent().write(b"zone\n"), 5);
+    let memtotal = line_starting(&rx, "init: ");
+    let (node, kb): (u32, u64) = memtotal
+        .strip_prefix("init: node")
+        .and_then(|rest| rest.strip_suffix(" kB"))
+        .and_then(|rest| rest.split_once(" MemTotal "))
+        .and_then(|(node, kb)| Some((node.parse().ok()?, kb.parse().ok()?)))
+        .unwrap_or_else(|| panic!("{memtotal}"));
+    // The zone is node 1 and holds the 64 MiB plugged, less its page structures.
+    assert_eq!(node, 1, "{memtotal}");
+    assert!(kb * 1024 <= 64 * MIB && kb * 1024 > 56 * MIB, "{memtotal}");
+    assert_eq!(zone().device.plugged_size, 64 * MIB);
+    let sysram_before = handle.resident("sysram").expect("sysram");
+    let zone_before = zone().resident;
+    assert_eq!(
+        line_starting(&rx, "init: "),
+        format!("init: touched 48 MiB on node {node}")
+    );
+    let touched = zone().resident - zone_before;
+    let sysram_rise = handle
+        .resident("sysram")
+        .expect("sysram")
+        .saturating_sub(sysram_before);
+    eprintln!(
+        "node {node} touch: zone resident +{} KiB, sysram resident +{} KiB",
+        touched / 1024,
+        sysram_rise / 1024
+    );
+    assert!(touched >= 48 * MIB, "zone resident rose by {touched}");
+    assert!(
+        sysram_rise < 8 * MIB,
+        "sysram resident rose by {sysram_rise}"
+    );
+    assert_eq!(handle.agent().write(b"free\n"), 5);
+    assert_eq!(
+        line_starting(&rx, "init: "),
+        format!("init: freed node {node}")
+    );
+    handle
+        .set_zone_requested("db", 16 * MIB)
+        .expect("requested size");
+    let deadline = Instant::now() + GUARD;
+    while zone().device.plugged_size > 16 * MIB {
+        assert!(Instant::now() < deadline, "zone at {:?}", zone());
+        std::thread::yield_now();
+    }
+    let unplugged = zone();
+    assert!(unplugged.resident <= 16 * MIB, "{unplugged:?}");
+    assert_eq!((unplugged.violations, unplugged.device.errors), (0, 0));
+
     assert_eq!(handle.agent().write(b"done\n"), 5);
     assert_eq!(line_starting(&rx, "init: "), "init: host said done");
     assert_eq!(
         running.join().expect("vm thread").expect("vm ran"),
-        VmExit::Reset
+        VmExit::PowerOff
     );
     eprintln!(
-        "backend {}: boot to reset {:.1} s",
+        "backend {}: boot to power-off {:.1} s",
         Backend::detect().name(),
         started.elapsed().as_secs_f64()
     );

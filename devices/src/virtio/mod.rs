@@ -2,6 +2,7 @@
 
 pub mod balloon;
 pub mod console;
+pub mod mem;
 pub mod mmio;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -97,6 +97,12 @@ const STREAM_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15)
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ZoneBody {
+    requested: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BalloonBody {
     target_pages: u32,
 }
@@ -301,7 +307,10 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
         (Method::Get, "/config") => json_answer(config.clone()),
         (Method::Get, "/metrics") => Ok(Reply {
             status: 200,
-            body: vm.with_engine(prometheus) + &resident_gauge(vm) + &violation_counter(vm),
+            body: vm.with_engine(prometheus)
+                + &resident_gauge(vm)
+                + &violation_counter(vm)
+                + &zone_gauges(vm),
             content_type: "text/plain; version=0.0.4",
         }),
         (Method::Get, "/reclaim") => json_answer(json!(vm.reclaimer().list())),
@@ -329,6 +338,25 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
         (Method::Patch, p) if p.starts_with(mempart::MEM_ROOT) => {
             let b: LimitsBody = parse(body)?;
             patch(vm, p, b)
+        }
+        (Method::Get, p) if p.starts_with("/zone/") => {
+            let name = p.trim_start_matches("/zone/");
+            let zone = vm
+                .zones()
+                .into_iter()
+                .find(|z| z.name == name)
+                .ok_or_else(|| ApiError(404, format!("ENOENT: no zone {name:?}")))?;
+            json_answer(zone.to_json())
+        }
+        (Method::Patch, p) if p.starts_with("/zone/") => {
+            let name = p.trim_start_matches("/zone/");
+            let b: ZoneBody = parse(body)?;
+            vm.set_zone_requested(name, b.requested)
+                .map_err(|e| match e {
+                    crate::VmError::NoZone(_) => ApiError(404, format!("ENOENT: {e}")),
+                    _ => ApiError(400, format!("EINVAL: {e}")),
+                })?;
+            json_answer(json!({ "zone": name, "requested": b.requested }))
         }
         (Method::Get, "/balloon") => {
             let s = vm.balloon().status();
@@ -625,6 +653,63 @@ fn violation_counter(vm: &VmHandle) -> String {
     );
     for (class, count) in vm.violation_counts().1 {
         out.push_str(&format!("{name}{{class=\"{}\"}} {count}\n", label(&class)));
+    }
+    out
+}
+
+/// A zone metric: its name, Prometheus type, help and how to read it.
+type ZoneMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::ZoneFigures) -> u64,
+);
+
+/// Every zone's sizes, host-resident bytes and accesses to unplugged memory.
+fn zone_gauges(vm: &VmHandle) -> String {
+    let zones = vm.zones();
+    let metrics: [ZoneMetric; 5] = [
+        (
+            "mempart_zone_size_bytes",
+            "gauge",
+            "Size of the zone's region.",
+            |z| z.device.region_size,
+        ),
+        (
+            "mempart_zone_requested_bytes",
+            "gauge",
+            "Bytes the host asks the guest to have plugged.",
+            |z| z.device.requested_size,
+        ),
+        (
+            "mempart_zone_plugged_bytes",
+            "gauge",
+            "Bytes of the zone the guest has plugged.",
+            |z| z.device.plugged_size,
+        ),
+        (
+            "mempart_zone_resident_bytes",
+            "gauge",
+            "Host bytes actually backing the zone.",
+            |z| z.resident,
+        ),
+        (
+            "mempart_zone_violations_total",
+            "counter",
+            "Guest accesses to unplugged zone memory.",
+            |z| z.violations,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in metrics {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for z in &zones {
+            out.push_str(&format!(
+                "{name}{{zone=\"{}\"}} {}\n",
+                label(&z.name),
+                value(z)
+            ));
+        }
     }
     out
 }

@@ -88,6 +88,17 @@ pub enum Verb {
     },
     /// Prometheus metrics.
     Metrics,
+    /// A zone's figures (every zone's without NAME); with SIZE, asks the guest to have
+    /// SIZE plugged and follows its driver until it has, or the deadline passes.
+    Zone {
+        /// The zone.
+        name: Option<String>,
+        /// Bytes to have plugged (e.g. 64M; a multiple of the zone's block size).
+        size: Option<String>,
+        /// Seconds to wait for the guest.
+        #[arg(long, default_value_t = 60.0)]
+        deadline: f64,
+    },
     /// The balloon's figures; --target sets its target in 4 KiB pages.
     Balloon {
         /// New target.
@@ -150,6 +161,26 @@ pub fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<Exi
             max,
             deadline,
         } => return reclaim(sock, json, path, max, *deadline),
+        Verb::Zone {
+            name: Some(name),
+            size: Some(size),
+            deadline,
+        } => return zone_resize(sock, json, name, size, *deadline),
+        Verb::Zone {
+            name: Some(name), ..
+        } => ("GET", format!("/zone/{}", encode(name)), String::new()),
+        Verb::Zone { name: None, .. } => {
+            let vm: serde_json::Value = serde_json::from_str(&request(sock, "GET", "/vm", "")?)?;
+            let zones = vm.get("zones").cloned().unwrap_or_default();
+            if json {
+                println!("{zones}");
+            } else {
+                for zone in zones.as_array().into_iter().flatten() {
+                    print_zone(zone);
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Verb::Events { path } => {
             vmm::api::client::follow_events(sock, path, |line| {
                 println!("{line}");
@@ -283,6 +314,87 @@ fn print_flat(prefix: &str, value: &serde_json::Value) {
             println!("{prefix:<24} {}", words.join(" "));
         }
         other => println!("{prefix:<24} {other}"),
+    }
+}
+
+/// Prints a zone's figures on one line.
+fn print_zone(zone: &serde_json::Value) {
+    let bytes = |key: &str| {
+        human(
+            zone.get(key)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+        )
+    };
+    println!(
+        "zone {} node {}  size {}  requested {}  plugged {}  resident {}",
+        zone.get("name")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?"),
+        zone.get("node")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0),
+        bytes("size"),
+        bytes("requested"),
+        bytes("plugged"),
+        bytes("resident"),
+    );
+}
+
+/// Sets a zone's requested size and prints its figures each time they move, until the
+/// guest has plugged that much or `deadline` seconds pass.
+fn zone_resize(
+    sock: &std::path::Path,
+    json: bool,
+    name: &str,
+    size: &str,
+    deadline: f64,
+) -> anyhow::Result<ExitCode> {
+    use vmm::api::client::{encode_path, request};
+    let bytes = mempart::topology::parse_size(size)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("size {size:?}"))?;
+    if !(deadline.is_finite() && deadline > 0.0 && deadline <= 3600.0) {
+        anyhow::bail!("--deadline {deadline}: give seconds between 0 and 3600");
+    }
+    let path = format!("/zone/{}", encode_path(name));
+    request(
+        sock,
+        "PATCH",
+        &path,
+        &serde_json::json!({ "requested": bytes }).to_string(),
+    )?;
+    let started = std::time::Instant::now();
+    let mut shown = None;
+    loop {
+        let zone: serde_json::Value = serde_json::from_str(&request(sock, "GET", &path, "")?)?;
+        let figure = |key: &str| zone.get(key).and_then(serde_json::Value::as_u64);
+        let moved = (figure("plugged"), figure("resident"));
+        if shown != Some(moved) {
+            if json {
+                println!("{zone}");
+            } else {
+                print_zone(&zone);
+            }
+            shown = Some(moved);
+        }
+        if figure("plugged") == Some(bytes) {
+            if !json {
+                println!("done: zone {name} has {} plugged", human(bytes));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if started.elapsed().as_secs_f64() >= deadline {
+            if !json {
+                println!(
+                    "expired: the guest plugged {} of the {} asked within {deadline} s",
+                    human(figure("plugged").unwrap_or(0)),
+                    human(bytes)
+                );
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 

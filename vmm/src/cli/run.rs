@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use mempart::{Credential, Engine};
 use protocol::cli::human;
-use vmm::config::{parse_class, parse_serial, with_sysram, ClassBacking};
+use vmm::config::{
+    parse_class, parse_serial, parse_zone, with_sysram, ClassBacking, ConfigError, ZoneSpec,
+};
 use vmm::{Vm, VmConfig};
 
 /// What `run` takes, from the command line; each also has a key in `--config`.
@@ -34,6 +36,11 @@ pub struct RunArgs {
     /// above 4 GiB, reserved in the e820 map and visible only where granted.
     #[arg(long = "class", value_name = "SPEC")]
     classes: Vec<String>,
+    /// A zone: NAME=SIZE[,plugged=SIZE][,hugepages]. A guest NUMA node (node 1, 2, … in
+    /// order) of SIZE bytes (a multiple of 128 MiB) that a virtio-mem device plugs as the
+    /// host asks: `plugged` at boot (default 0), then `ctl zone NAME SIZE`. Linux guests.
+    #[arg(long = "zone", value_name = "SPEC")]
+    zones: Vec<String>,
     /// Start-up partition topology (TOML).
     #[arg(long)]
     topology: Option<PathBuf>,
@@ -61,6 +68,8 @@ struct RunFile {
     cpus: Option<u32>,
     #[serde(default)]
     classes: Vec<String>,
+    #[serde(default)]
+    zones: Vec<String>,
     topology: Option<PathBuf>,
     serial: Option<String>,
     kvm: Option<PathBuf>,
@@ -77,6 +86,7 @@ struct Effective {
     cmdline: String,
     cpus: u32,
     classes: Vec<String>,
+    zones: Vec<String>,
     topology: Option<PathBuf>,
     serial: String,
     kvm: PathBuf,
@@ -117,6 +127,11 @@ impl RunArgs {
             } else {
                 self.classes
             },
+            zones: if self.zones.is_empty() {
+                file.zones
+            } else {
+                self.zones
+            },
             topology: self.topology.or(file.topology),
             serial: self
                 .serial
@@ -142,6 +157,7 @@ pub fn boot(args: RunArgs) -> anyhow::Result<ExitCode> {
         cmdline: run.cmdline.clone(),
         cpus: run.cpus,
         classes: classes(&run.classes)?,
+        zones: zones(&run.zones)?,
         topology: run.topology.clone(),
         serial: parse_serial(&run.serial)?,
         kvm_device: run.kvm.clone(),
@@ -188,6 +204,19 @@ pub fn classes(args: &[String]) -> anyhow::Result<Vec<ClassBacking>> {
         .map(|a| parse_class(a))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(with_sysram(parsed)?)
+}
+
+/// The zones of `--zone` arguments; names are unique.
+pub fn zones(args: &[String]) -> anyhow::Result<Vec<ZoneSpec>> {
+    let mut zones: Vec<ZoneSpec> = Vec::with_capacity(args.len());
+    for arg in args {
+        let zone = parse_zone(arg)?;
+        if zones.iter().any(|z| z.name == zone.name) {
+            return Err(ConfigError::DuplicateZone(zone.name).into());
+        }
+        zones.push(zone);
+    }
+    Ok(zones)
 }
 
 /// Prints every class (with the host bytes backing it, where `resident` knows them) and

@@ -205,6 +205,7 @@ pub fn write_boot_params(
     cmdline: &str,
     initrd: Option<(u64, u64)>,
     e820: &[boot_e820_entry],
+    rsdp: Option<u64>,
 ) -> Result<()> {
     let mut line = Cmdline::new(CMDLINE_MAX).map_err(|e| BootError::Cmdline(e.to_string()))?;
     line.insert_str(cmdline)
@@ -224,6 +225,9 @@ pub fn write_boot_params(
     if let Some((addr, size)) = initrd {
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
+    }
+    if let Some(addr) = rsdp {
+        params.acpi_rsdp_addr = addr;
     }
     let count = e820.len().min(params.e820_table.len());
     for (slot, entry) in params.e820_table.iter_mut().zip(e820.iter().take(count)) {

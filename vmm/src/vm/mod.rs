@@ -1,10 +1,13 @@
 //! A running VM: KVM set-up, the memory classes, the serial console, vCPU threads and
 //! what ends them. `boot.rs` loads the kernel, `memory.rs` lays out and backs the memory
-//! classes, `violations.rs` counts guest accesses to memory it was not granted.
+//! classes, `violations.rs` counts guest accesses to memory it was not granted, `acpi.rs`
+//! builds the ACPI tables of a Linux guest, `zones.rs` backs its hot-pluggable NUMA nodes.
 
+pub mod acpi;
 pub mod boot;
 pub mod memory;
 pub mod violations;
+pub mod zones;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use devices::virtio::balloon::{Balloon, BalloonHandle, BalloonStatus};
 use devices::virtio::console::{AgentChannel, Console};
+use devices::virtio::mem::{Mem, MemConfig, MemStatus, RequestedSizeError};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, REG_QUEUE_NOTIFY};
 use devices::virtio::{Interrupt, VirtioDevice};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
@@ -36,8 +40,9 @@ use crate::config::{AgentEnd, SerialOut, VmConfig};
 use crate::reclaim::Reclaimer;
 use crate::service::{Authority, PartitionService};
 use boot::{BootError, EMULATED_KERNEL_ARGS};
-use memory::{class_bases, ClassRegion, MemoryError, Sysram};
+use memory::{class_bases, ClassRegion, MemoryError, Sysram, CLASS_ALIGN, GPA_LIMIT};
 use violations::{LogLine, Violation, ViolationLog};
+use zones::{SlotPool, Zone, ZoneBlocks, ZONE_SLOTS};
 
 /// The COM1 ports.
 const COM1: u16 = 0x3f8;
@@ -103,6 +108,8 @@ impl Backend {
 pub enum VmExit {
     /// The guest reset the machine through the i8042 controller: the clean way out.
     Reset,
+    /// The guest powered off through the ACPI sleep control register.
+    PowerOff,
     /// The guest asked KVM for shutdown or reset (a system event).
     SystemEvent(u32),
     /// The guest triple-faulted.
@@ -116,7 +123,7 @@ impl VmExit {
     /// 3 for a guest that crashed.
     pub fn code(&self) -> i32 {
         match self {
-            VmExit::Reset | VmExit::SystemEvent(_) => 0,
+            VmExit::Reset | VmExit::PowerOff | VmExit::SystemEvent(_) => 0,
             VmExit::TripleFault | VmExit::Crash(_) => 3,
         }
     }
@@ -189,6 +196,9 @@ pub enum VmError {
     /// Kernel loading and boot structures.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// The ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     /// The serial console's destination.
     #[error("serial console {path}: {source}")]
     Serial {
@@ -196,6 +206,25 @@ pub enum VmError {
         path: String,
         /// The cause.
         source: std::io::Error,
+    },
+    /// A zone cannot be set up.
+    #[error("zone {zone:?}: {reason}")]
+    Zone {
+        /// The zone.
+        zone: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No zone of that name.
+    #[error("no zone {0:?}")]
+    NoZone(String),
+    /// A requested size the zone cannot take.
+    #[error("zone {zone:?}: {source}")]
+    ZoneSize {
+        /// The zone.
+        zone: String,
+        /// Why.
+        source: RequestedSizeError,
     },
     /// A class named in a grant does not exist.
     #[error("no class {0:?}")]
@@ -225,14 +254,15 @@ type SerialConsole = Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Wr
 
 /// State shared by the vCPU threads and the VM's handles.
 struct Shared {
-    vm: VmFd,
+    vm: Arc<VmFd>,
     serial: Mutex<SerialConsole>,
     classes: Mutex<Vec<ClassRegion>>,
     engine: Arc<Mutex<Engine>>,
     service: PartitionService,
     violations: Mutex<ViolationLog>,
-    free_slots: Mutex<(u32, Vec<u32>)>,
+    free_slots: Arc<Mutex<SlotPool>>,
     max_slots: u32,
+    zones: Vec<Zone>,
     stop: AtomicBool,
     sysram: Sysram,
     boot_t0: Option<u128>,
@@ -259,6 +289,35 @@ pub struct Vm {
     pub backend: Backend,
 }
 
+/// A zone's figures, from below the guest OS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneFigures {
+    /// The zone name.
+    pub name: String,
+    /// Its guest NUMA node (the ACPI proximity domain).
+    pub node: u32,
+    /// Its virtio-mem device's figures.
+    pub device: MemStatus,
+    /// Host bytes backing its memfd.
+    pub resident: u64,
+    /// Guest accesses to its unplugged memory.
+    pub violations: u64,
+}
+
+impl ZoneFigures {
+    /// The figures as the API shows them.
+    pub fn to_json(&self) -> serde_json::Value {
+        let s = &self.device;
+        serde_json::json!({
+            "name": self.name, "node": self.node, "base": s.addr, "size": s.region_size,
+            "block_size": s.block_size, "requested": s.requested_size,
+            "plugged": s.plugged_size, "resident": self.resident,
+            "requests": s.requests, "errors": s.errors, "refused": s.refused,
+            "violations": self.violations,
+        })
+    }
+}
+
 /// A handle on a VM that may be used while it runs: grants, revokes, metrics.
 #[derive(Clone)]
 pub struct VmHandle {
@@ -282,7 +341,8 @@ impl Vm {
             return Err(kvm_error(kvm_ioctls::Error::new(libc::ENOTTY)));
         }
         let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
-        let specs = class_specs(&config, max_slots)?;
+        let zone_slots = ZONE_SLOTS.saturating_mul(config.zones.len() as u32);
+        let specs = class_specs(&config, max_slots.saturating_sub(zone_slots))?;
         let engine = match &config.topology {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| VmError::TopologyRead {
@@ -309,7 +369,7 @@ impl Vm {
             });
         }
         let ioctl = |what| move |source| VmError::Ioctl { what, source };
-        let vm = kvm.create_vm().map_err(ioctl("creating the VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(ioctl("creating the VM"))?);
         vm.set_tss_address(TSS_ADDRESS)
             .map_err(ioctl("the TSS address"))?;
         vm.create_irq_chip()
@@ -338,6 +398,61 @@ impl Vm {
             .zip(bases)
             .map(|(c, base)| ClassRegion::new(c, base))
             .collect::<Result<Vec<_>, _>>()?;
+        let slots = Arc::new(Mutex::new(SlotPool::new(next_slot, max_slots)));
+        let zones_start = regions
+            .iter()
+            .map(|r| r.base + r.size)
+            .chain(std::iter::once(sysram_end))
+            .max()
+            .unwrap_or(0)
+            .max(memory::HIGH_RAM_START)
+            .next_multiple_of(CLASS_ALIGN);
+        let mut zones = Vec::with_capacity(config.zones.len());
+        let mut zone_devices = Vec::with_capacity(config.zones.len());
+        // Where the next zone goes; past the loop, the end of the last.
+        let mut base = zones_start;
+        for (index, spec) in config.zones.iter().enumerate() {
+            let region = Arc::new(Mutex::new(zones::region(spec, base)?));
+            let proximity = index as u32 + 1;
+            let block_size = zones::block_size(spec.size);
+            let backing = ZoneBlocks {
+                vm: Arc::clone(&vm),
+                slots: Arc::clone(&slots),
+                region: Arc::clone(&region),
+                block_size,
+            };
+            let device_config = MemConfig {
+                addr: base,
+                region_size: spec.size,
+                block_size,
+                node_id: proximity as u16,
+            };
+            let (device, handle) = Mem::new(device_config, spec.requested, Box::new(backing))
+                .map_err(|e| VmError::Zone {
+                    zone: spec.name.clone(),
+                    reason: e.to_string(),
+                })?;
+            zones.push(Zone {
+                name: spec.name.clone(),
+                proximity,
+                region,
+                device: handle,
+            });
+            zone_devices.push(device);
+            base = (base + spec.size).next_multiple_of(CLASS_ALIGN);
+        }
+        if base > GPA_LIMIT {
+            return Err(VmError::Zone {
+                zone: config
+                    .zones
+                    .last()
+                    .map(|z| z.name.clone())
+                    .unwrap_or_default(),
+                reason: format!(
+                    "the zones end at 0x{base:x}, past the 64 GiB guest-physical limit"
+                ),
+            });
+        }
 
         let kernel = boot::load_kernel(&sysram.memory, &config.kernel)?;
         let initrd = match &config.initrd {
@@ -358,16 +473,30 @@ impl Vm {
         let (console, agent) = Console::new(eventfd()?);
         let mut devices = Vec::new();
         let mut notifiers = Vec::new();
-        let boxed: Vec<Box<dyn VirtioDevice>> = vec![Box::new(balloon), Box::new(console)];
+        let mut boxed: Vec<Box<dyn VirtioDevice>> = vec![Box::new(balloon), Box::new(console)];
+        boxed.extend(
+            zone_devices
+                .into_iter()
+                .map(|d| Box::new(d) as Box<dyn VirtioDevice>),
+        );
+        let mut announced = Vec::new();
         for (i, device) in boxed.into_iter().enumerate() {
             let base = VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW;
             let irq_line = FIRST_DEVICE_IRQ + i as u32;
             let (transport, notifier) = attach(&vm, device, &sysram, base, irq_line)?;
-            if kernel.linux {
-                cmdline.push_str(&format!(" virtio_mmio.device=4K@0x{base:x}:{irq_line}"));
-            }
+            announced.push(acpi::MmioDevice {
+                base,
+                len: MMIO_WINDOW,
+                irq: irq_line,
+            });
             devices.push((base, transport));
             notifiers.push(notifier);
+        }
+        if kernel.linux {
+            // No PCI bus: the kernel is told so instead of probing for one. Virtio devices
+            // here reach all guest memory, so no bounce buffer either (the kernel sets
+            // 64 MiB aside for one when memory can be plugged above 4 GiB).
+            cmdline.push_str(" pci=off swiotlb=noforce");
         }
         if backend == Backend::KvmPvm && kernel.linux {
             eprintln!(
@@ -380,14 +509,42 @@ impl Vm {
         }
         let class_ranges: Vec<(u64, u64)> = regions.iter().map(|r| (r.base, r.size)).collect();
         let e820 = boot::e820_map(&sysram.ranges, &class_ranges);
-        boot::write_boot_params(&sysram.memory, &kernel, &cmdline, initrd, &e820)?;
+        let rsdp = if kernel.linux {
+            let nodes: Vec<acpi::Node> = zones
+                .iter()
+                .map(|z| {
+                    let status = z.status();
+                    acpi::Node {
+                        proximity: z.proximity,
+                        base: status.addr,
+                        size: status.region_size,
+                    }
+                })
+                .collect();
+            let machine = acpi::Machine {
+                sysram: &sysram.ranges,
+                zones: &nodes,
+                serial: acpi::SerialPort {
+                    port: COM1,
+                    irq: COM1_IRQ,
+                },
+                devices: &announced,
+            };
+            let tables = acpi::build(config.cpus, &machine)?;
+            acpi::write(&sysram.memory, &tables)?;
+            Some(acpi::RSDP_ADDR)
+        } else {
+            None
+        };
+        boot::write_boot_params(&sysram.memory, &kernel, &cmdline, initrd, &e820, rsdp)?;
         let top = class_ranges
             .iter()
             .chain(&sysram.ranges)
             .map(|(base, len)| base + len)
             .max()
             .unwrap_or(0)
-            .max(crate::vm::memory::HIGH_RAM_START);
+            .max(crate::vm::memory::HIGH_RAM_START)
+            .max(base);
         boot::write_page_tables_and_gdt(&sysram.memory, top)?;
 
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
@@ -447,8 +604,9 @@ impl Vm {
                 service,
                 engine,
                 violations: Mutex::new(ViolationLog::default()),
-                free_slots: Mutex::new((next_slot, Vec::new())),
+                free_slots: slots,
                 max_slots,
+                zones,
                 stop: AtomicBool::new(false),
                 sysram,
                 boot_t0: std::env::var(BOOT_T0_ENV).ok().and_then(|v| v.parse().ok()),
@@ -810,6 +968,7 @@ fn io_out(shared: &Shared, port: u16, data: &[u8]) -> Option<VmExit> {
             let _ = lock(&shared.serial).write((port - COM1) as u8, value);
         }
         I8042_COMMAND if value == 0xfe => return Some(VmExit::Reset),
+        acpi::SLEEP_CONTROL_PORT if acpi::is_power_off(value) => return Some(VmExit::PowerOff),
         POST_PORT => {
             if let Some(t0) = shared.boot_t0 {
                 if !shared.post_seen.swap(true, Ordering::SeqCst) {
@@ -837,9 +996,22 @@ fn io_in(shared: &Shared, port: u16, data: &mut [u8]) {
     data.fill(value);
 }
 
-/// An access to an address with no memory slot: class memory not granted is a violation;
-/// anything else (no device there) reads as all ones and ignores writes.
+/// An access to an address with no memory slot: class memory not granted and zone memory
+/// not plugged are violations; anything else (no device there) reads as all ones and ignores writes.
 fn mmio(shared: &Shared, gpa: u64, write: bool) {
+    if let Some(index) = shared.zones.iter().position(|z| z.contains(gpa)) {
+        let line = lock(&shared.violations).record_zone(index, Instant::now());
+        if let (LogLine::Log { unlogged_before }, Some(zone)) = (line, shared.zones.get(index)) {
+            eprintln!(
+                "mempart-vmm: violation: guest {} zone {:?} memory at 0x{gpa:x}, which is not \
+                 plugged{}",
+                if write { "wrote" } else { "read" },
+                zone.name,
+                unlogged_note(unlogged_before)
+            );
+        }
+        return;
+    }
     let class = {
         let classes = lock(&shared.classes);
         classes.iter().position(|c| c.contains(gpa)).map(|i| {
@@ -853,31 +1025,62 @@ fn mmio(shared: &Shared, gpa: u64, write: bool) {
     let violation = Violation { class, gpa, write };
     let line = lock(&shared.violations).record(violation, Instant::now());
     if let LogLine::Log { unlogged_before } = line {
-        let unlogged = if unlogged_before > 0 {
-            format!(" ({unlogged_before} more since the last line, not logged)")
-        } else {
-            String::new()
-        };
         eprintln!(
-            "mempart-vmm: violation: guest {} class {name:?} memory at 0x{gpa:x}, which is not granted{unlogged}",
-            if write { "wrote" } else { "read" }
+            "mempart-vmm: violation: guest {} class {name:?} memory at 0x{gpa:x}, which is not granted{}",
+            if write { "wrote" } else { "read" },
+            unlogged_note(unlogged_before)
         );
     }
     let _ = lock(&shared.engine).report_violation(class, gpa);
     shared.service.changed();
 }
 
+/// What a violation's log line says of those not logged before it.
+fn unlogged_note(unlogged_before: u64) -> String {
+    if unlogged_before > 0 {
+        format!(" ({unlogged_before} more since the last line, not logged)")
+    } else {
+        String::new()
+    }
+}
+
 impl VmHandle {
     fn take_slot(&self) -> Result<u32, VmError> {
-        let mut slots = lock(&self.shared.free_slots);
-        if let Some(slot) = slots.1.pop() {
-            return Ok(slot);
-        }
-        if slots.0 >= self.shared.max_slots {
-            return Err(MemoryError::NoSlot(self.shared.max_slots as usize).into());
-        }
-        slots.0 += 1;
-        Ok(slots.0 - 1)
+        Ok(lock(&self.shared.free_slots).take()?)
+    }
+
+    /// Every zone's name, device figures, host-resident bytes and accesses to its
+    /// unplugged memory.
+    pub fn zones(&self) -> Vec<ZoneFigures> {
+        let log = lock(&self.shared.violations);
+        self.shared
+            .zones
+            .iter()
+            .enumerate()
+            .map(|(index, z)| ZoneFigures {
+                name: z.name.clone(),
+                node: z.proximity,
+                device: z.status(),
+                resident: z.resident(),
+                violations: log.of_zone(index),
+            })
+            .collect()
+    }
+
+    /// Asks the guest to have `bytes` of zone `name` plugged.
+    pub fn set_zone_requested(&self, name: &str, bytes: u64) -> Result<(), VmError> {
+        let zone = self
+            .shared
+            .zones
+            .iter()
+            .find(|z| z.name == name)
+            .ok_or_else(|| VmError::NoZone(name.to_string()))?;
+        zone.device
+            .set_requested(bytes)
+            .map_err(|source| VmError::ZoneSize {
+                zone: name.to_string(),
+                source,
+            })
     }
 
     /// The partition service that answers on the agent channel (and can be served on
@@ -913,7 +1116,7 @@ impl VmHandle {
         match region.grant(&self.shared.vm, slot, offset, len) {
             Ok(()) => Ok(region.base + offset),
             Err(e) => {
-                lock(&self.shared.free_slots).1.push(slot);
+                lock(&self.shared.free_slots).give(slot);
                 Err(e.into())
             }
         }
@@ -927,7 +1130,7 @@ impl VmHandle {
             .find(|c| c.name == class)
             .ok_or_else(|| VmError::NoClass(class.to_string()))?;
         let slot = region.revoke(&self.shared.vm, offset)?;
-        lock(&self.shared.free_slots).1.push(slot);
+        lock(&self.shared.free_slots).give(slot);
         Ok(())
     }
 
@@ -1029,16 +1232,17 @@ impl VmHandle {
             .collect();
         let (violations, _) = self.violation_counts();
         let slots = {
-            let free = lock(&self.shared.free_slots);
-            let used = free.0 - u32::try_from(free.1.len()).unwrap_or(free.0);
+            let used = lock(&self.shared.free_slots).used();
             serde_json::json!({ "max": self.shared.max_slots, "used": used })
         };
+        let zones: Vec<serde_json::Value> = self.zones().into_iter().map(|z| z.to_json()).collect();
         serde_json::json!({
             "memory_slots": slots,
             "backend": Backend::detect().name(),
             "sysram": self.shared.sysram.size,
             "sysram_resident": self.shared.sysram.resident(),
             "classes": classes,
+            "zones": zones,
             "violations": violations,
         })
     }

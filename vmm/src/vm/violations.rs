@@ -28,6 +28,7 @@ pub struct Violation {
 pub struct ViolationLog {
     total: u64,
     by_class: BTreeMap<ClassId, u64>,
+    by_zone: BTreeMap<usize, u64>,
     recent: VecDeque<Violation>,
     window_start: Option<Instant>,
     logged_in_window: u32,
@@ -56,6 +57,20 @@ impl ViolationLog {
             self.recent.pop_front();
         }
         self.recent.push_back(violation);
+        self.rate(now)
+    }
+
+    /// Records an access to unplugged memory of zone `zone` (its index), seen at `now`;
+    /// says whether to log it.
+    pub fn record_zone(&mut self, zone: usize, now: Instant) -> LogLine {
+        self.total = self.total.saturating_add(1);
+        let count = self.by_zone.entry(zone).or_default();
+        *count = count.saturating_add(1);
+        self.rate(now)
+    }
+
+    /// Whether one more line fits this second's budget.
+    fn rate(&mut self, now: Instant) -> LogLine {
         let window_over = self
             .window_start
             .is_none_or(|start| now.saturating_duration_since(start) >= Duration::from_secs(1));
@@ -82,6 +97,11 @@ impl ViolationLog {
     /// Violations of `class` since the VM started.
     pub fn of_class(&self, class: ClassId) -> u64 {
         self.by_class.get(&class).copied().unwrap_or(0)
+    }
+
+    /// Accesses to unplugged memory of zone `zone` since the VM started.
+    pub fn of_zone(&self, zone: usize) -> u64 {
+        self.by_zone.get(&zone).copied().unwrap_or(0)
     }
 
     /// The latest violations, oldest first (at most [`RECENT_VIOLATIONS`]).
@@ -136,5 +156,21 @@ mod tests {
         assert_eq!(logged.get(20), Some(&(8_000, 3_990)));
         let unlogged: u64 = logged.iter().map(|(_, n)| n).sum();
         assert_eq!(unlogged + logged.len() as u64 + log.unlogged, 10_000);
+    }
+
+    #[test]
+    fn zone_accesses_count_apart_and_share_the_log_budget() {
+        let mut log = ViolationLog::default();
+        let now = Instant::now();
+        let lines = (0..25)
+            .filter(|i| matches!(log.record_zone(i % 2, now), LogLine::Log { .. }))
+            .count();
+        assert_eq!(lines, LOGGED_PER_SECOND as usize);
+        assert_eq!(
+            (log.of_zone(0), log.of_zone(1), log.of_zone(2)),
+            (13, 12, 0)
+        );
+        assert_eq!(log.total(), 25);
+        assert!(log.recent().is_empty());
     }
 }

@@ -131,6 +131,7 @@ pub fn tiny_config(
         .map(|c| vmm::config::parse_class(c).unwrap_or_else(|e| panic!("class {c}: {e}")))
         .collect();
     let config = vmm::VmConfig {
+        zones: Vec::new(),
         kernel,
         initrd: None,
         cmdline: String::new(),

@@ -1,0 +1,179 @@
+//! Zones: guest NUMA nodes whose memory is a virtio-mem device over its own memfd. A
+//! plugged block is one KVM memory slot; an unplugged block has none (an access is a
+//! violation) and its host pages are punched out of the memfd.
+
+use std::sync::{Arc, Mutex};
+
+use devices::virtio::mem::{BlockBacking, MemHandle, MemStatus};
+use kvm_ioctls::VmFd;
+
+use crate::config::{ClassBacking, ZoneSpec};
+use crate::vm::memory::{ClassRegion, MemoryError, MIB};
+
+/// KVM memory slots each zone may take at most: its block size is chosen so that the
+/// whole region plugged fits them.
+pub const ZONE_SLOTS: u32 = 256;
+/// The smallest block: Linux's page block (2 MiB), below which virtio-mem cannot go.
+const MIN_BLOCK: u64 = 2 * MIB;
+
+/// The block size of a zone of `size` bytes: one KVM slot per plugged block, so unplugged
+/// memory never has a slot, and at most [`ZONE_SLOTS`] blocks.
+pub fn block_size(size: u64) -> u64 {
+    size.div_ceil(u64::from(ZONE_SLOTS))
+        .max(MIN_BLOCK)
+        .checked_next_power_of_two()
+        .unwrap_or(u64::MAX)
+}
+
+/// KVM's memory slots: those handed out and freed again, and the first never used.
+#[derive(Debug)]
+pub struct SlotPool {
+    next: u32,
+    free: Vec<u32>,
+    max: u32,
+}
+
+impl SlotPool {
+    /// Slots from `first` up to `max`.
+    pub fn new(first: u32, max: u32) -> SlotPool {
+        SlotPool {
+            next: first,
+            free: Vec::new(),
+            max,
+        }
+    }
+
+    /// A free slot.
+    pub fn take(&mut self) -> Result<u32, MemoryError> {
+        if let Some(slot) = self.free.pop() {
+            return Ok(slot);
+        }
+        if self.next >= self.max {
+            return Err(MemoryError::NoSlot(self.max as usize));
+        }
+        self.next += 1;
+        Ok(self.next - 1)
+    }
+
+    /// Gives `slot` back.
+    pub fn give(&mut self, slot: u32) {
+        self.free.push(slot);
+    }
+
+    /// Slots in use, counting those below the pool's first.
+    pub fn used(&self) -> u32 {
+        self.next.saturating_sub(self.free.len() as u32)
+    }
+}
+
+/// Locks `m`, whatever a panicking holder left.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A zone: its region, its device's handle and the node it is.
+pub struct Zone {
+    /// The zone name.
+    pub name: String,
+    /// Its ACPI proximity domain (its guest NUMA node).
+    pub proximity: u32,
+    /// Its memory.
+    pub region: Arc<Mutex<ClassRegion>>,
+    /// Its virtio-mem device.
+    pub device: MemHandle,
+}
+
+impl Zone {
+    /// Whether guest-physical `gpa` lies in the zone's region.
+    pub fn contains(&self, gpa: u64) -> bool {
+        lock(&self.region).contains(gpa)
+    }
+
+    /// Host bytes backing the zone's memfd.
+    pub fn resident(&self) -> u64 {
+        lock(&self.region).resident()
+    }
+
+    /// The device's figures.
+    pub fn status(&self) -> MemStatus {
+        self.device.status()
+    }
+}
+
+/// Creates the region of `spec` at `base`; its memfd is named `mempart:zone:<name>`.
+pub fn region(spec: &ZoneSpec, base: u64) -> Result<ClassRegion, MemoryError> {
+    let backing = ClassBacking {
+        name: format!("zone:{}", spec.name),
+        size: spec.size,
+        hugepages: spec.hugepages,
+        file: None,
+        prefault: false,
+    };
+    ClassRegion::new(&backing, base)
+}
+
+/// Plugs and unplugs a zone's blocks: each plugged block is a KVM slot over its part of
+/// the memfd; unplugging removes the slot and punches the block out of the memfd.
+pub struct ZoneBlocks {
+    /// The VM.
+    pub vm: Arc<VmFd>,
+    /// KVM's slots, shared with typed memory.
+    pub slots: Arc<Mutex<SlotPool>>,
+    /// The zone's region.
+    pub region: Arc<Mutex<ClassRegion>>,
+    /// Bytes of a block.
+    pub block_size: u64,
+}
+
+impl BlockBacking for ZoneBlocks {
+    fn plug(&mut self, index: u64) -> Result<(), String> {
+        let offset = index
+            .checked_mul(self.block_size)
+            .ok_or("block out of range")?;
+        let slot = lock(&self.slots).take().map_err(|e| e.to_string())?;
+        let granted = lock(&self.region).grant(&self.vm, slot, offset, self.block_size);
+        granted.map_err(|e| {
+            lock(&self.slots).give(slot);
+            e.to_string()
+        })
+    }
+
+    fn unplug(&mut self, index: u64) -> Result<(), String> {
+        let offset = index
+            .checked_mul(self.block_size)
+            .ok_or("block out of range")?;
+        let slot = lock(&self.region)
+            .revoke(&self.vm, offset)
+            .map_err(|e| e.to_string())?;
+        lock(&self.slots).give(slot);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_keep_a_zone_within_its_slots() {
+        assert_eq!(block_size(128 * MIB), 2 * MIB);
+        assert_eq!(block_size(512 * MIB), 2 * MIB);
+        assert_eq!(block_size(1 << 30), 4 * MIB);
+        assert_eq!(block_size(3 << 30), 16 * MIB);
+        for size in [128 * MIB, 640 * MIB, 1 << 30, 48 << 30] {
+            let block = block_size(size);
+            assert!(block.is_power_of_two() && block >= 2 * MIB);
+            assert!(size.div_ceil(block) <= u64::from(ZONE_SLOTS), "{size}");
+        }
+    }
+
+    #[test]
+    fn slots_are_reused_and_bounded() {
+        let mut pool = SlotPool::new(3, 5);
+        assert_eq!((pool.take().unwrap(), pool.take().unwrap()), (3, 4));
+        assert!(matches!(pool.take(), Err(MemoryError::NoSlot(5))));
+        pool.give(3);
+        assert_eq!(pool.used(), 4);
+        assert_eq!(pool.take().unwrap(), 3);
+    }
+}
