@@ -40,19 +40,24 @@ pub struct ZoneSpec {
     pub hugepages: bool,
 }
 
+/// Splits `NAME=SIZE[,OPTION...]` into a checked name, the size and the options.
+fn name_size_options(arg: &str) -> Result<(&str, u64, std::str::Split<'_, char>), String> {
+    let mut parts = arg.split(',');
+    let first = parts.next().unwrap_or_default();
+    let (name, size) = first
+        .split_once('=')
+        .ok_or_else(|| "expected NAME=SIZE".to_string())?;
+    mempart::check_name(name).map_err(|e| e.to_string())?;
+    Ok((name, parse_size(size)?, parts))
+}
+
 /// Parses `NAME=SIZE[,plugged=SIZE][,hugepages]`.
 pub fn parse_zone(arg: &str) -> Result<ZoneSpec, ConfigError> {
     let err = |reason: String| ConfigError::Zone {
         arg: arg.to_string(),
         reason,
     };
-    let mut parts = arg.split(',');
-    let first = parts.next().unwrap_or_default();
-    let (name, size) = first
-        .split_once('=')
-        .ok_or_else(|| err("expected NAME=SIZE".to_string()))?;
-    mempart::check_name(name).map_err(|e| err(e.to_string()))?;
-    let size = parse_size(size).map_err(err)?;
+    let (name, size, parts) = name_size_options(arg).map_err(err)?;
     if size == 0 || size % ZONE_GRANULE != 0 || size == mempart::UNLIMITED {
         return Err(err(format!(
             "size {size} is not a positive multiple of 128 MiB (the guest hot-plugs memory \
@@ -153,13 +158,7 @@ pub fn parse_class(arg: &str) -> Result<ClassBacking, ConfigError> {
         arg: arg.to_string(),
         reason,
     };
-    let mut parts = arg.split(',');
-    let first = parts.next().unwrap_or_default();
-    let (name, size) = first
-        .split_once('=')
-        .ok_or_else(|| err("expected NAME=SIZE".to_string()))?;
-    mempart::check_name(name).map_err(|e| err(e.to_string()))?;
-    let size = parse_size(size).map_err(err)?;
+    let (name, size, parts) = name_size_options(arg).map_err(err)?;
     if size == 0 || size % PAGE != 0 || size == mempart::UNLIMITED {
         return Err(err(format!(
             "size {size} is not a positive multiple of 4 KiB"

@@ -766,5 +766,39 @@ fn zones_are_shown_and_resized_through_the_api() {
         metrics.contains("mempart_zone_plugged_bytes{zone=\"db\"} 0"),
         "{metrics}"
     );
+
+    // `ctl zone`: every zone on a line; a size the guest already has is done at once; one
+    // it does not plug (this guest has no driver) expires at the deadline, saying so.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mempart-vmm"))
+            .arg("ctl")
+            .arg("--api-sock")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("ctl runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = ctl(&["zone"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out.trim(),
+        "zone db node 1  size 128M  requested 16M  plugged 0  resident 0"
+    );
+    let (code, out) = ctl(&["zone", "db", "0"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.ends_with("done: zone db has 0 plugged\n"), "{out}");
+    let (code, out) = ctl(&["zone", "db", "4M", "--deadline", "0.3"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.ends_with("expired: the guest plugged 0 of the 4M asked within 0.3 s\n"),
+        "{out}"
+    );
+    assert_eq!(vm.handle.zones()[0].device.requested_size, 4 << 20);
+    let (code, out) = ctl(&["zone", "db", "3M"]);
+    assert_eq!(code, Some(1), "{out}");
     vm.stop();
 }

@@ -317,6 +317,17 @@ fn print_flat(prefix: &str, value: &serde_json::Value) {
     }
 }
 
+/// Parses the size argument `what` and checks `--deadline` (seconds, at most an hour).
+fn size_and_deadline(what: &str, size: &str, deadline: f64) -> anyhow::Result<u64> {
+    let bytes = mempart::topology::parse_size(size)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{what} {size:?}"))?;
+    if !(deadline.is_finite() && deadline > 0.0 && deadline <= 3600.0) {
+        anyhow::bail!("--deadline {deadline}: give seconds between 0 and 3600");
+    }
+    Ok(bytes)
+}
+
 /// Prints a zone's figures on one line.
 fn print_zone(zone: &serde_json::Value) {
     let bytes = |key: &str| {
@@ -351,12 +362,7 @@ fn zone_resize(
     deadline: f64,
 ) -> anyhow::Result<ExitCode> {
     use vmm::api::client::{encode_path, request};
-    let bytes = mempart::topology::parse_size(size)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("size {size:?}"))?;
-    if !(deadline.is_finite() && deadline > 0.0 && deadline <= 3600.0) {
-        anyhow::bail!("--deadline {deadline}: give seconds between 0 and 3600");
-    }
+    let bytes = size_and_deadline("size", size, deadline)?;
     let path = format!("/zone/{}", encode_path(name));
     request(
         sock,
@@ -407,12 +413,7 @@ fn reclaim(
     deadline: f64,
 ) -> anyhow::Result<ExitCode> {
     use vmm::api::client::request;
-    let max = mempart::topology::parse_size(max)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("max {max:?}"))?;
-    if !(deadline.is_finite() && deadline > 0.0 && deadline <= 3600.0) {
-        anyhow::bail!("--deadline {deadline}: give seconds between 0 and 3600");
-    }
+    let max = size_and_deadline("max", max, deadline)?;
     let body = serde_json::json!({
         "max": max,
         "reclaim": true,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use devices::virtio::balloon::{Balloon, BalloonHandle, BalloonStatus};
 use devices::virtio::console::{AgentChannel, Console};
-use devices::virtio::mem::{Mem, MemConfig, MemStatus, RequestedSizeError};
+use devices::virtio::mem::{MemStatus, RequestedSizeError};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, REG_QUEUE_NOTIFY};
 use devices::virtio::{Interrupt, VirtioDevice};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
@@ -40,9 +40,9 @@ use crate::config::{AgentEnd, SerialOut, VmConfig};
 use crate::reclaim::Reclaimer;
 use crate::service::{Authority, PartitionService};
 use boot::{BootError, EMULATED_KERNEL_ARGS};
-use memory::{class_bases, ClassRegion, MemoryError, Sysram, CLASS_ALIGN, GPA_LIMIT};
+use memory::{class_bases, ClassRegion, MemoryError, Sysram, CLASS_ALIGN};
 use violations::{LogLine, Violation, ViolationLog};
-use zones::{SlotPool, Zone, ZoneBlocks, ZONE_SLOTS};
+use zones::{SlotPool, Zone, ZONE_SLOTS};
 
 /// The COM1 ports.
 const COM1: u16 = 0x3f8;
@@ -208,13 +208,8 @@ pub enum VmError {
         source: std::io::Error,
     },
     /// A zone cannot be set up.
-    #[error("zone {zone:?}: {reason}")]
-    Zone {
-        /// The zone.
-        zone: String,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    Zone(#[from] zones::ZoneError),
     /// No zone of that name.
     #[error("no zone {0:?}")]
     NoZone(String),
@@ -407,52 +402,8 @@ impl Vm {
             .unwrap_or(0)
             .max(memory::HIGH_RAM_START)
             .next_multiple_of(CLASS_ALIGN);
-        let mut zones = Vec::with_capacity(config.zones.len());
-        let mut zone_devices = Vec::with_capacity(config.zones.len());
-        // Where the next zone goes; past the loop, the end of the last.
-        let mut base = zones_start;
-        for (index, spec) in config.zones.iter().enumerate() {
-            let region = Arc::new(Mutex::new(zones::region(spec, base)?));
-            let proximity = index as u32 + 1;
-            let block_size = zones::block_size(spec.size);
-            let backing = ZoneBlocks {
-                vm: Arc::clone(&vm),
-                slots: Arc::clone(&slots),
-                region: Arc::clone(&region),
-                block_size,
-            };
-            let device_config = MemConfig {
-                addr: base,
-                region_size: spec.size,
-                block_size,
-                node_id: proximity as u16,
-            };
-            let (device, handle) = Mem::new(device_config, spec.requested, Box::new(backing))
-                .map_err(|e| VmError::Zone {
-                    zone: spec.name.clone(),
-                    reason: e.to_string(),
-                })?;
-            zones.push(Zone {
-                name: spec.name.clone(),
-                proximity,
-                region,
-                device: handle,
-            });
-            zone_devices.push(device);
-            base = (base + spec.size).next_multiple_of(CLASS_ALIGN);
-        }
-        if base > GPA_LIMIT {
-            return Err(VmError::Zone {
-                zone: config
-                    .zones
-                    .last()
-                    .map(|z| z.name.clone())
-                    .unwrap_or_default(),
-                reason: format!(
-                    "the zones end at 0x{base:x}, past the 64 GiB guest-physical limit"
-                ),
-            });
-        }
+        let (zones, zone_devices, zones_end) =
+            zones::build(&config.zones, zones_start, &vm, &slots)?;
 
         let kernel = boot::load_kernel(&sysram.memory, &config.kernel)?;
         let initrd = match &config.initrd {
@@ -544,7 +495,7 @@ impl Vm {
             .max()
             .unwrap_or(0)
             .max(crate::vm::memory::HIGH_RAM_START)
-            .max(base);
+            .max(zones_end);
         boot::write_page_tables_and_gdt(&sysram.memory, top)?;
 
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;

@@ -4,11 +4,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::mem::{BlockBacking, MemHandle, MemStatus};
+use devices::virtio::mem::{BlockBacking, Mem, MemConfig, MemConfigError, MemHandle, MemStatus};
 use kvm_ioctls::VmFd;
 
 use crate::config::{ClassBacking, ZoneSpec};
-use crate::vm::memory::{ClassRegion, MemoryError, MIB};
+use crate::vm::memory::{ClassRegion, MemoryError, CLASS_ALIGN, MIB};
 
 /// KVM memory slots each zone may take at most: its block size is chosen so that the
 /// whole region plugged fits them.
@@ -100,8 +100,74 @@ impl Zone {
     }
 }
 
+/// Why a zone cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ZoneError {
+    /// Its memory cannot be created or does not fit the guest-physical space.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Its device refuses the layout.
+    #[error("zone {zone:?}: {source}")]
+    Device {
+        /// The zone.
+        zone: String,
+        /// Why.
+        source: MemConfigError,
+    },
+    /// More zones than nodes the devices can name.
+    #[error("zone {0:?}: too many zones")]
+    TooMany(String),
+}
+
+/// The zones of `specs`, placed one after another from `start` on GiB boundaries: each
+/// zone (its region and its device's handle) and its device, and where the last ends.
+pub fn build(
+    specs: &[ZoneSpec],
+    start: u64,
+    vm: &Arc<VmFd>,
+    slots: &Arc<Mutex<SlotPool>>,
+) -> Result<(Vec<Zone>, Vec<Mem>, u64), ZoneError> {
+    let mut zones = Vec::with_capacity(specs.len());
+    let mut devices = Vec::with_capacity(specs.len());
+    let mut base = start;
+    for (index, spec) in specs.iter().enumerate() {
+        let node_id =
+            u16::try_from(index + 1).map_err(|_| ZoneError::TooMany(spec.name.clone()))?;
+        let region = Arc::new(Mutex::new(region(spec, base)?));
+        let block_size = block_size(spec.size);
+        let backing = ZoneBlocks {
+            vm: Arc::clone(vm),
+            slots: Arc::clone(slots),
+            region: Arc::clone(&region),
+            block_size,
+        };
+        let config = MemConfig {
+            addr: base,
+            region_size: spec.size,
+            block_size,
+            node_id,
+        };
+        let (device, handle) =
+            Mem::new(config, spec.requested, Box::new(backing)).map_err(|source| {
+                ZoneError::Device {
+                    zone: spec.name.clone(),
+                    source,
+                }
+            })?;
+        zones.push(Zone {
+            name: spec.name.clone(),
+            proximity: u32::from(node_id),
+            region,
+            device: handle,
+        });
+        devices.push(device);
+        base = (base + spec.size).next_multiple_of(CLASS_ALIGN);
+    }
+    Ok((zones, devices, base))
+}
+
 /// Creates the region of `spec` at `base`; its memfd is named `mempart:zone:<name>`.
-pub fn region(spec: &ZoneSpec, base: u64) -> Result<ClassRegion, MemoryError> {
+fn region(spec: &ZoneSpec, base: u64) -> Result<ClassRegion, MemoryError> {
     let backing = ClassBacking {
         name: format!("zone:{}", spec.name),
         size: spec.size,
@@ -114,15 +180,12 @@ pub fn region(spec: &ZoneSpec, base: u64) -> Result<ClassRegion, MemoryError> {
 
 /// Plugs and unplugs a zone's blocks: each plugged block is a KVM slot over its part of
 /// the memfd; unplugging removes the slot and punches the block out of the memfd.
-pub struct ZoneBlocks {
-    /// The VM.
-    pub vm: Arc<VmFd>,
+struct ZoneBlocks {
+    vm: Arc<VmFd>,
     /// KVM's slots, shared with typed memory.
-    pub slots: Arc<Mutex<SlotPool>>,
-    /// The zone's region.
-    pub region: Arc<Mutex<ClassRegion>>,
-    /// Bytes of a block.
-    pub block_size: u64,
+    slots: Arc<Mutex<SlotPool>>,
+    region: Arc<Mutex<ClassRegion>>,
+    block_size: u64,
 }
 
 impl BlockBacking for ZoneBlocks {
