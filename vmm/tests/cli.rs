@@ -81,7 +81,13 @@ fn bad_classes_cpus_and_devices_are_named() {
     fails_naming(&run(&["--serial", "tcp:9"]), "--serial \"tcp:9\"");
     fails_naming(&run(&["--kvm", "/nonexistent/kvm"]), "/nonexistent/kvm");
     fails_naming(&run(&["--kvm", "/dev/null"]), "/dev/null");
+    fails_naming(&run(&["--zone", "db=100M"]), "--zone \"db=100M\"");
+    fails_naming(
+        &run(&["--zone", "db=128M", "--zone", "db=256M"]),
+        "--zone \"db\" is given twice",
+    );
     if kvm_available() {
+        fails_naming(&run(&["--zone", "db=63G"]), "64 GiB");
         fails_naming(&run(&["--class", "fast=63G"]), "64 GiB");
         fails_naming(&run(&["--class", "sysram=100T"]), "64 GiB");
         fails_naming(&run(&["--cpus", "0"]), "--cpus 0");
@@ -424,4 +430,14 @@ fn a_bad_config_file_is_named() {
         "/nonexistent/run.toml",
     );
     fails_naming(&["run"], "no kernel");
+    let zones = tmp("zone-config.toml");
+    std::fs::write(
+        &zones,
+        "kernel = \"/x\"\nzones = [\"db=128M,plugged=1G\"]\n",
+    )
+    .expect("write");
+    fails_naming(
+        &["run", "--config", zones.to_str().expect("utf-8")],
+        "plugged=1G is more than",
+    );
 }
