@@ -106,6 +106,8 @@ static int zone_memory_online(void) {
 static void zone_steps(int port) {
     for (int i = 0; i < 600 && !zone_memory_online(); i++) usleep(100 * 1000);
     int node = access("/sys/devices/system/node/node1", F_OK) == 0 ? 1 : 0;
+    printf("init: cpu0 %s node 0\n",
+           access("/sys/devices/system/node/node0/cpu0", F_OK) == 0 ? "on" : "not on");
     printf("init: node%d MemTotal %ld kB\n", node, node_memtotal_kb(node));
     fflush(stdout);
     int ready[2], release[2];

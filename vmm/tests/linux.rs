@@ -172,6 +172,8 @@ fn linux_binds_the_agent_port_and_the_balloon() {
     const MIB: u64 = 1 << 20;
     let zone = || handle.zones().into_iter().next().expect("the zone");
     assert_eq!(handle.agent().write(b"zone\n"), 5);
+    // The SRAT gives vCPUs no node: Linux puts them on node 0, where boot memory is.
+    assert_eq!(line_starting(&rx, "init: "), "init: cpu0 on node 0");
     let memtotal = line_starting(&rx, "init: ");
     let (node, kb): (u32, u64) = memtotal
         .strip_prefix("init: node")
