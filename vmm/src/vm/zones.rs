@@ -77,6 +77,9 @@ pub struct Zone {
     pub name: String,
     /// Its ACPI proximity domain (its guest NUMA node).
     pub proximity: u32,
+    /// Its guest-physical range `(base, size)`, fixed: read without the region's lock,
+    /// which a plug or unplug holds across KVM and file calls.
+    range: (u64, u64),
     /// Its memory.
     pub region: Arc<Mutex<ClassRegion>>,
     /// Its virtio-mem device.
@@ -86,7 +89,8 @@ pub struct Zone {
 impl Zone {
     /// Whether guest-physical `gpa` lies in the zone's region.
     pub fn contains(&self, gpa: u64) -> bool {
-        lock(&self.region).contains(gpa)
+        let (base, size) = self.range;
+        gpa >= base && gpa - base < size
     }
 
     /// Host bytes backing the zone's memfd.
@@ -157,6 +161,7 @@ pub fn build(
         zones.push(Zone {
             name: spec.name.clone(),
             proximity: u32::from(node_id),
+            range: (base, spec.size),
             region,
             device: handle,
         });

@@ -9,9 +9,9 @@ use vm_memory::GuestMemoryMmap;
 use super::handle::{signal, status, Shared};
 use super::queues::{read_request, write_response, Request};
 use super::{
-    BlockBacking, MemHandle, MemStatus, Plugged, DEVICE_TYPE, F_ACPI_PXM, F_UNPLUGGED_INACCESSIBLE,
-    QUEUE_SIZE, REQ_PLUG, REQ_STATE, REQ_UNPLUG, REQ_UNPLUG_ALL, RESP_ACK, RESP_ERROR, RESP_NACK,
-    STATE_MIXED, STATE_PLUGGED, STATE_UNPLUGGED,
+    BlockBacking, MemHandle, MemStatus, Plugged, RequestedSizeError, DEVICE_TYPE, F_ACPI_PXM,
+    F_UNPLUGGED_INACCESSIBLE, QUEUE_SIZE, REQ_PLUG, REQ_STATE, REQ_UNPLUG, REQ_UNPLUG_ALL,
+    RESP_ACK, RESP_ERROR, RESP_NACK, STATE_MIXED, STATE_PLUGGED, STATE_UNPLUGGED,
 };
 use crate::virtio::{
     lock, read_config_bytes, ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -49,6 +49,9 @@ pub enum MemConfigError {
         /// Block size.
         block: u64,
     },
+    /// The size asked for at first does not fit the region.
+    #[error("the size asked for at first: {0}")]
+    Requested(RequestedSizeError),
 }
 
 impl MemConfig {
@@ -103,11 +106,7 @@ impl Mem {
         };
         handle
             .set_requested(requested)
-            .map_err(|_| MemConfigError::Region {
-                addr: config.addr,
-                size: config.region_size,
-                block: config.block_size,
-            })?;
+            .map_err(MemConfigError::Requested)?;
         let device = Mem {
             shared,
             mem: None,

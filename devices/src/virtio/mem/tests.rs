@@ -371,6 +371,17 @@ fn bad_configurations_are_refused() {
     assert!(new(config(REGION, 0, BLOCK)).is_err());
     assert!(new(config(u64::MAX - BLOCK + 1, 2 * BLOCK, BLOCK)).is_err());
     assert!(new(config(REGION, BLOCK, BLOCK)).is_ok());
+    let unaligned = Mem::new(
+        config(REGION, 4 * BLOCK, BLOCK),
+        BLOCK + 4096,
+        Box::new(FakeBacking::default()),
+    );
+    assert!(matches!(
+        unaligned.map(|_| ()),
+        Err(MemConfigError::Requested(
+            RequestedSizeError::Unaligned { .. }
+        ))
+    ));
 }
 
 #[test]
