@@ -1,7 +1,8 @@
 //! The cgroup v2 mirror of sysram partitions: one cgroup per partition under
 //! `<root>/mempart`, with `memory.min` and `memory.max` from the partition's limits, and
 //! inside it a group [`OWN`] holding the partition's processes, so an association bites
-//! inside the guest.
+//! inside the guest. Once any partition is zoned, each top-level group also gets
+//! `cpuset.mems`: a zoned partition's node, node 0 for the others; nested groups inherit.
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
@@ -19,6 +20,8 @@ pub struct Node {
     pub max: u64,
     /// Processes to place in it.
     pub pids: Vec<u32>,
+    /// The guest NUMA node of its zone, for a zoned (top-level) partition.
+    pub zone: Option<u32>,
 }
 
 /// Something [`CgroupMirror::apply`] could not do that leaves part of the tree unenforced
@@ -51,7 +54,11 @@ impl std::fmt::Display for Shortfall {
 /// Writes partitions into a cgroup v2 hierarchy (or any directory laid out like one).
 pub struct CgroupMirror {
     root: PathBuf,
+    node_dir: PathBuf,
 }
+
+/// The node everything but zoned partitions lives on.
+const HOME_NODE: u32 = 0;
 
 /// Sets a control file's value (replacing it in a look-alike directory).
 fn write_file(path: &Path, text: &str) -> io::Result<()> {
@@ -116,10 +123,16 @@ fn parent_of(rel: &str) -> Option<&str> {
     rel.rsplit_once('/').map(|(parent, _)| parent)
 }
 
-/// Enables the memory controller for the children of the group at `dir`.
-fn delegate_memory(dir: &Path, shortfalls: &mut Vec<Shortfall>) {
+/// Enables the memory controller (and the cpuset controller when `cpuset`) for the
+/// children of the group at `dir`.
+fn delegate_memory(dir: &Path, cpuset: bool, shortfalls: &mut Vec<Shortfall>) {
     let path = dir.join("cgroup.subtree_control");
-    if let Err(error) = write_file(&path, "+memory\n") {
+    let controllers = if cpuset {
+        "+memory +cpuset\n"
+    } else {
+        "+memory\n"
+    };
+    if let Err(error) = write_file(&path, controllers) {
         shortfalls.push(Shortfall {
             path,
             pid: None,
@@ -129,10 +142,12 @@ fn delegate_memory(dir: &Path, shortfalls: &mut Vec<Shortfall>) {
 }
 
 impl CgroupMirror {
-    /// A mirror under `<cgroup_root>/mempart`.
-    pub fn new(cgroup_root: &Path) -> CgroupMirror {
+    /// A mirror under `<cgroup_root>/mempart`, reading node figures from `node_dir`
+    /// (`/sys/devices/system/node` in a guest).
+    pub fn new(cgroup_root: &Path, node_dir: &Path) -> CgroupMirror {
         CgroupMirror {
             root: cgroup_root.to_path_buf(),
+            node_dir: node_dir.to_path_buf(),
         }
     }
 
@@ -150,9 +165,11 @@ impl CgroupMirror {
         let base = self.base();
         fs::create_dir_all(&base)?;
         let mut shortfalls = Vec::new();
-        // Delegate the memory controller down to every level we create.
-        delegate_memory(&self.root, &mut shortfalls);
-        delegate_memory(&base, &mut shortfalls);
+        // Delegate the memory controller down to every level we create, and the cpuset
+        // controller down to the top-level groups when a zone needs it.
+        let zoned = nodes.iter().any(|n| n.zone.is_some());
+        delegate_memory(&self.root, zoned, &mut shortfalls);
+        delegate_memory(&base, zoned, &mut shortfalls);
         let mut sorted: Vec<&Node> = nodes.iter().collect();
         sorted.sort_by_key(|n| n.rel.matches('/').count());
         let mut wanted = BTreeSet::new();
@@ -163,6 +180,20 @@ impl CgroupMirror {
                 continue;
             }
             wanted.insert(dir.clone());
+            if zoned && !node.rel.contains('/') && node.rel != "sys" {
+                let path = dir.join("cpuset.mems");
+                let mems = node.zone.unwrap_or(HOME_NODE);
+                // Processes move after their group's node is set, never before.
+                let set =
+                    fs::create_dir_all(&dir).and_then(|()| write_file(&path, &format!("{mems}\n")));
+                if let Err(error) = set {
+                    shortfalls.push(Shortfall {
+                        path,
+                        pid: None,
+                        error,
+                    });
+                }
+            }
             let own = match self.configure(node, nodes, &dir, &mut shortfalls) {
                 Ok(own) => own,
                 Err((path, error)) => {
@@ -202,7 +233,7 @@ impl CgroupMirror {
             node.max.to_string()
         };
         set(dir.join("memory.max"), format!("{max}\n"))?;
-        delegate_memory(dir, shortfalls);
+        delegate_memory(dir, false, shortfalls);
         let own = dir.join(OWN);
         make(own.clone())?;
         let children_min: u64 = nodes
@@ -263,6 +294,34 @@ impl CgroupMirror {
                 Some((n.rel.clone(), own))
             })
             .collect()
+    }
+
+    /// What `sys` holds of node 0: the node's use (its `meminfo`'s `MemUsed`) less what
+    /// the processes of partitions on node 0 use (`own`, as [`CgroupMirror::own_usage`]
+    /// gives it; partitions in a zone, nested ones included, live on another node). `None`
+    /// when the node's figures cannot be read.
+    pub fn sys_usage(&self, nodes: &[Node], own: &[(String, u64)]) -> Option<u64> {
+        let path = self
+            .node_dir
+            .join(format!("node{HOME_NODE}"))
+            .join("meminfo");
+        let text = fs::read_to_string(path).ok()?;
+        let used_kib: u64 = text.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.ends_with("MemUsed")
+                .then(|| value.trim().trim_end_matches("kB").trim().parse().ok())?
+        })?;
+        let zoned_tops: BTreeSet<&str> = nodes
+            .iter()
+            .filter(|n| n.zone.is_some())
+            .map(|n| n.rel.as_str())
+            .collect();
+        let on_home_node: u64 = own
+            .iter()
+            .filter(|(rel, _)| !zoned_tops.contains(rel.split('/').next().unwrap_or(rel)))
+            .map(|(_, bytes)| *bytes)
+            .fold(0, u64::saturating_add);
+        Some(used_kib.saturating_mul(1024).saturating_sub(on_home_node))
     }
 
     /// The group `pid` sits in, below the root (`/proc/<pid>/cgroup` reads `0::/<group>`
@@ -342,6 +401,7 @@ mod tests {
             min: 0,
             max: 1 << 26,
             pids,
+            zone: None,
         }
     }
 
@@ -350,31 +410,35 @@ mod tests {
         let root = std::env::temp_dir().join(format!("mempart-cgroup-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).unwrap_or_else(|e| panic!("{e}"));
-        let mirror = CgroupMirror::new(&root);
+        let mirror = CgroupMirror::new(&root, &root);
         let nodes = vec![
             Node {
                 rel: "apps".into(),
                 min: 1 << 24,
                 max: u64::MAX,
                 pids: vec![],
+                zone: None,
             },
             Node {
                 rel: "apps/web".into(),
                 min: 1 << 22,
                 max: 1 << 26,
                 pids: vec![42],
+                zone: None,
             },
             Node {
                 rel: "apps/memory.max".into(),
                 min: 0,
                 max: 1 << 20,
                 pids: vec![43],
+                zone: None,
             },
             Node {
                 rel: "old".into(),
                 min: 0,
                 max: u64::MAX,
                 pids: vec![],
+                zone: None,
             },
         ];
         let shortfalls = mirror.apply(&nodes).unwrap_or_else(|e| panic!("{e}"));
@@ -461,7 +525,7 @@ mod tests {
             node("apps/db", vec![7]),
             node("apps/web", vec![42]),
         ];
-        let mirror = CgroupMirror::new(&root);
+        let mirror = CgroupMirror::new(&root, &root);
         let shortfalls = mirror.apply(&nodes).unwrap_or_else(|e| panic!("{e}"));
         let base = root.join("mempart");
         let seen: Vec<(PathBuf, Option<u32>)> =
@@ -536,7 +600,7 @@ mod tests {
             node("good", vec![42]),
             node(&long, vec![]),
         ];
-        let shortfalls = CgroupMirror::new(&root)
+        let shortfalls = CgroupMirror::new(&root, &root)
             .apply(&nodes)
             .unwrap_or_else(|e| panic!("{e}"));
         let base = root.join("mempart");
@@ -553,6 +617,98 @@ mod tests {
             "42\n"
         );
         assert!(base.join(group_name(&long)).join(OWN).is_dir());
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    /// A partition at `rel` with a 32 MiB max, maybe zoned.
+    fn zoned_node(rel: &str, zone: Option<u32>, pids: Vec<u32>) -> Node {
+        Node {
+            rel: rel.into(),
+            min: 0,
+            max: 32 << 20,
+            pids,
+            zone,
+        }
+    }
+
+    #[test]
+    fn zoned_partitions_get_their_node_and_the_others_node_0() {
+        let root =
+            std::env::temp_dir().join(format!("mempart-cgroup-zones-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap_or_else(|e| panic!("{e}"));
+        let mirror = CgroupMirror::new(&root, &root);
+        let unzoned = [
+            zoned_node("web", None, vec![]),
+            zoned_node("sys", None, vec![]),
+        ];
+        assert!(mirror
+            .apply(&unzoned)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty());
+        let read = |p: &str| fs::read_to_string(root.join(p)).unwrap_or_default();
+        assert_eq!(read("cgroup.subtree_control"), "+memory\n");
+        assert!(
+            !root.join("mempart/web/cpuset.mems").exists(),
+            "without a zone no group is bound to a node"
+        );
+        let nodes = [
+            zoned_node("db", Some(1), vec![42]),
+            zoned_node("db/inner", None, vec![43]),
+            zoned_node("web", None, vec![]),
+            zoned_node("sys", None, vec![]),
+        ];
+        let shortfalls = mirror.apply(&nodes).unwrap_or_else(|e| panic!("{e}"));
+        assert!(shortfalls.is_empty(), "{shortfalls:?}");
+        for group in ["", "mempart/"] {
+            assert_eq!(
+                read(&format!("{group}cgroup.subtree_control")),
+                "+memory +cpuset\n",
+                "the cpuset controller reaches the top-level groups"
+            );
+        }
+        assert_eq!(read("mempart/db/cgroup.subtree_control"), "+memory\n");
+        assert_eq!(read("mempart/db/cpuset.mems"), "1\n");
+        assert_eq!(read("mempart/web/cpuset.mems"), "0\n");
+        assert!(
+            !root.join("mempart/db/inner/cpuset.mems").exists(),
+            "nested groups inherit their zone's node"
+        );
+        assert_eq!(read("mempart/db/inner/memory.max"), "33554432\n");
+        assert!(
+            !root.join("mempart/sys/cpuset.mems").exists(),
+            "sys's processes stay in the root group, which no cpuset binds"
+        );
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn sys_holds_node_0_less_what_unzoned_partitions_use() {
+        let root = std::env::temp_dir().join(format!("mempart-node0-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let mirror = CgroupMirror::new(&root, &root.join("node"));
+        let nodes = [
+            zoned_node("db", Some(1), vec![]),
+            zoned_node("db/inner", None, vec![]),
+            zoned_node("web", None, vec![]),
+        ];
+        let own = [
+            ("db".to_string(), 8 << 20),
+            ("db/inner".to_string(), 4 << 20),
+            ("web".to_string(), 16 << 20),
+        ];
+        assert_eq!(mirror.sys_usage(&nodes, &own), None, "no node figures");
+        fs::create_dir_all(root.join("node/node0")).unwrap_or_else(|e| panic!("{e}"));
+        fs::write(
+            root.join("node/node0/meminfo"),
+            "Node 0 MemTotal:  262144 kB\nNode 0 MemFree:  163840 kB\nNode 0 MemUsed:   98304 kB\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            mirror.sys_usage(&nodes, &own),
+            Some((96 << 20) - (16 << 20)),
+            "web lives on node 0; db and what is nested in it do not"
+        );
         let _ = fs::remove_dir_all(&root);
     }
 }

@@ -353,8 +353,14 @@ pub fn render_object(o: &protocol::ObjectInfo) -> String {
 pub fn render_partition(m: &PartitionMetrics) -> String {
     let (now, made) = (&m.current, &m.created);
     let flag = |b: bool| u8::from(b).to_string();
+    let zone = |f: fn(&protocol::ZoneMetrics) -> u64| {
+        m.zone.as_ref().map_or("none".into(), |z| f(z).to_string())
+    };
     key_values(&[
         ("type", format!("{:?}", m.kind)),
+        ("zone_node", zone(|z| u64::from(z.spec.node))),
+        ("zone_plugged", zone(|z| z.plugged)),
+        ("zone_host_resident", zone(|z| z.host_resident)),
         ("min", now.limits.min.to_string()),
         ("max", now.limits.max.to_string()),
         (

@@ -39,6 +39,7 @@ mod quota;
 mod security;
 mod slab;
 pub mod topology;
+mod zone;
 
 pub use class::{ClassMetrics, ClassSpec, DEFAULT_UNIT, SYSRAM, SYS_PARTITION};
 pub use engine::{Engine, MAX_CLASSES, MAX_DEPTH, MAX_PARTITIONS};
@@ -54,3 +55,4 @@ pub use partition::{
 pub use pids::PID_LIMIT;
 pub use process::{Association, Grant, Spawn, MAX_PROCESSES};
 pub use security::{Access, Credential, Gid, Perm, Policies, Policy, Uid, MODE_MASK};
+pub use zone::{ZoneBinding, ZoneMetrics, ZoneSpec, MAX_ZONES};

@@ -78,6 +78,9 @@ pub struct NewPartition {
     pub limits: Limits,
     /// Its mode bits; owner and group come from the creator.
     pub mode: u32,
+    /// Back it with a zone (a guest NUMA node the VMM sizes): only a top-level sysram
+    /// partition with a finite max may be.
+    pub zone: bool,
 }
 
 impl Default for NewPartition {
@@ -85,6 +88,7 @@ impl Default for NewPartition {
         NewPartition {
             limits: Limits::OPEN,
             mode: 0o755,
+            zone: false,
         }
     }
 }
@@ -134,6 +138,8 @@ pub struct PartitionMetrics {
     pub objects: usize,
     /// Names of its child partitions.
     pub children: Vec<String>,
+    /// Its zone and the zone's figures, when it is zoned.
+    pub zone: Option<crate::zone::ZoneMetrics>,
 }
 
 /// A partition as the engine keeps it; its accounting figures live in the ledger

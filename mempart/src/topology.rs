@@ -16,6 +16,11 @@
 //! gid = 1000
 //! policies = ["permanent"]
 //!
+//! [[partition]]
+//! path = "/partition/mem/sysram/db"
+//! max = "256M"
+//! zone = true                # a guest NUMA node of its own, sized by the VMM
+//!
 //! [[group]]
 //! name = "web"
 //! members = { ram = "/partition/mem/sysram/apps" }
@@ -32,6 +37,7 @@ use crate::engine::Engine;
 use crate::name::components;
 use crate::partition::{Limits, NewPartition, UNLIMITED};
 use crate::security::{Credential, Policy, MODE_MASK};
+use crate::zone::ZoneSpec;
 
 /// Largest topology file accepted, in bytes.
 pub const MAX_TOPOLOGY_BYTES: usize = 1 << 20;
@@ -177,6 +183,9 @@ pub struct PartitionEntry {
     /// Policies to set.
     #[serde(default)]
     pub policies: Vec<Policy>,
+    /// Back it with a zone of its own (top-level sysram, finite max).
+    #[serde(default)]
+    pub zone: bool,
 }
 
 /// One partition group entry.
@@ -275,9 +284,29 @@ impl Topology {
         }
     }
 
-    /// Builds an engine: the classes, then every partition (parents first), then groups.
-    /// Every violated rule is reported, each naming its entry.
+    /// The zoned partition entries: each path with its max (unlimited when none is given,
+    /// which building then refuses). The VMM declares a zone for each.
+    pub fn zoned(&self) -> Vec<(&str, u64)> {
+        self.partitions
+            .iter()
+            .filter(|p| p.zone)
+            .map(|p| (p.path.as_str(), p.max.map_or(UNLIMITED, |m| m.0)))
+            .collect()
+    }
+
+    /// Builds an engine without zones; see [`Topology::build_with_zones`].
     pub fn build(&self, defined: &[ClassSpec]) -> Result<Engine, Vec<TopologyError>> {
+        self.build_with_zones(defined, &[])
+    }
+
+    /// Builds an engine: the classes, the `zones` the VMM declared, then every partition
+    /// (parents first, zoned ones taking a zone each), then groups. Every violated rule is
+    /// reported, each naming its entry.
+    pub fn build_with_zones(
+        &self,
+        defined: &[ClassSpec],
+        zones: &[ZoneSpec],
+    ) -> Result<Engine, Vec<TopologyError>> {
         let specs = self.class_specs(defined)?;
         let Some(sysram) = specs.iter().find(|s| s.name == crate::class::SYSRAM) else {
             return Err(vec![rule(
@@ -291,6 +320,11 @@ impl Topology {
         for spec in specs.iter().filter(|s| s.name != crate::class::SYSRAM) {
             if let Err(e) = engine.add_class(spec) {
                 errors.push(rule(format!("class {:?}", spec.name), e));
+            }
+        }
+        for zone in zones {
+            if let Err(e) = engine.add_zone(*zone) {
+                errors.push(rule(format!("zone node {}", zone.node), e));
             }
         }
         let host = Credential::Host;
@@ -361,6 +395,7 @@ fn create_partition(
     let spec = NewPartition {
         limits,
         mode: entry.mode.map_or(0o755, |m| m.0),
+        zone: entry.zone,
     };
     engine.create(host, &entry.path, spec)?;
     if entry.uid.is_some() || entry.gid.is_some() {

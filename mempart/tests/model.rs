@@ -444,6 +444,7 @@ fn run_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     NewPartition {
                         limits: Limits { min, max },
                         mode: 0o755,
+                        zone: false,
                     },
                 )
                 .map(drop)

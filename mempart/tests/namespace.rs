@@ -448,6 +448,7 @@ fn destroyed_partition_tells_its_subscribers() {
         NewPartition {
             limits: Limits::OPEN,
             mode: 0o700,
+            zone: false,
         },
     ));
     let sub = ok(e.subscribe(

@@ -169,8 +169,18 @@ pub fn render_partition(m: &PartitionMetrics) -> String {
     if let Some(pending) = m.pending_max {
         rows.push(("pending max", human(pending)));
     }
+    rows.extend([("used", human(m.used))]);
+    if let Some(z) = m.zone {
+        rows.extend([
+            (
+                "zone",
+                format!("node {} of {}", z.spec.node, human(z.spec.capacity)),
+            ),
+            ("plugged", human(z.plugged)),
+            ("host res.", human(z.host_resident)),
+        ]);
+    }
     rows.extend([
-        ("used", human(m.used)),
         ("highest", human(m.highest)),
         ("reserved", human(m.reserved_unused)),
         ("processes", m.processes.len().to_string()),

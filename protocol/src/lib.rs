@@ -24,7 +24,7 @@ pub use mempart::topology::parse_size;
 pub use mempart::{
     Association, ClassMetrics, Credential, DirEntry, EntryKind, Event, EventFilter, EventKind,
     Grant, Limits, ObjectInfo, PartitionMetrics, PartitionType, Perm, Pid, Policy, SetOutcome,
-    Spawn, SubId, UNLIMITED,
+    Spawn, SubId, ZoneMetrics, ZoneSpec, UNLIMITED,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of a hello: "MPRT".
 pub const MAGIC: [u8; 4] = *b"MPRT";
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 8;
+pub const VERSION: u16 = 9;
 /// The largest frame either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
@@ -153,6 +153,8 @@ pub enum Op {
         limits: Limits,
         /// Its mode bits.
         mode: u32,
+        /// Back it with a zone (top-level sysram, finite max).
+        zone: bool,
     },
     /// Change min and/or max.
     SetLimits {
@@ -680,6 +682,7 @@ mod tests {
                     max: u64::MAX,
                 },
                 mode: 0o750,
+                zone: false,
             },
         };
         let mut wire = Vec::new();

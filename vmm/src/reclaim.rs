@@ -9,6 +9,13 @@
 //! (the previous max stays in force) and the balloon keeps the pages the guest did hand
 //! back, which the sysram class no longer counts.
 //!
+//! A reclaim of a **zoned** sysram partition needs no balloon: the lower max lowers its
+//! zone's plugged size (the VMM's zone follower asks the guest's driver to unplug), the
+//! agent mirrors the max into the cgroup so the guest frees the memory, and the VMM
+//! punches each unplugged block. It is `done` when use fits and the zone's plugged size
+//! is within the new max; at the deadline it is `expired` as above (the zone follows the
+//! max that stays in force).
+//!
 //! A reclaim of a **typed** class partition asks the partition's users through a
 //! `reclaim` event to free extents. At the deadline the VMM, which owns typed memory,
 //! takes back the newest extents charged to the partition until use fits: `revoked`.
@@ -74,6 +81,10 @@ pub struct ReclaimStatus {
     pub balloon_pages: u64,
     /// Extents the VMM took back at the deadline (typed classes).
     pub revoked: Vec<RevokedExtent>,
+    /// Bytes of the partition's zone plugged now (zoned partitions).
+    pub zone_plugged: Option<u64>,
+    /// Bytes of the zone's host memory backed now (zoned partitions).
+    pub zone_host_resident: Option<u64>,
     /// Where it stands.
     pub state: ReclaimState,
     /// Milliseconds since it started.
@@ -174,6 +185,8 @@ impl Reclaimer {
                 given_back: 0,
                 balloon_pages: 0,
                 revoked: Vec::new(),
+                zone_plugged: None,
+                zone_host_resident: None,
                 state,
                 elapsed_ms: 0,
                 deadline_ms: millis(deadline),
@@ -241,7 +254,7 @@ impl Reclaimer {
             let outcome = e.set_limits(&Credential::Host, path, min, max, false)?;
             let old = before.current.limits.max;
             let raise = match max {
-                Some(new) if before.class == SYSRAM && new > old => {
+                Some(new) if before.class == SYSRAM && before.zone.is_none() && new > old => {
                     if new == UNLIMITED {
                         u64::MAX
                     } else {
@@ -286,7 +299,7 @@ impl Reclaimer {
     /// Follows reclaim `id` until it ends.
     fn run(&self, id: u64, started: Instant, deadline: Duration) {
         let Some(first) = self.status(id) else { return };
-        let sysram = first.class == SYSRAM;
+        let mut sysram = first.class == SYSRAM;
         let end = started + deadline;
         let mut lowest = first.start_used;
         let mut balloon_pages = 0u64;
@@ -295,7 +308,7 @@ impl Reclaimer {
             let now = Instant::now();
             let elapsed_ms = millis(now.duration_since(started));
             let metrics = lock(&self.engine).metrics(&Credential::Host, &first.path);
-            let m = match metrics {
+            let mut m = match metrics {
                 Ok(m) => m,
                 Err(e) => {
                     return self.update(id, |s| {
@@ -313,6 +326,10 @@ impl Reclaimer {
                     s.message = "the partition's limits were changed meanwhile".into();
                 });
             }
+            self.service.measure_zone(&mut m);
+            // A zoned partition gives memory back by unplugging, not through the balloon.
+            sysram &= m.zone.is_none();
+            let zone_fits = m.zone.is_none_or(|z| z.plugged <= first.max);
             if sysram && m.used < lowest {
                 let pages = (lowest - m.used) / BALLOON_PAGE;
                 if pages > 0 {
@@ -335,15 +352,34 @@ impl Reclaimer {
                 };
                 s.balloon_pages = balloon_pages;
                 s.elapsed_ms = elapsed_ms;
+                s.zone_plugged = m.zone.map(|z| z.plugged);
+                s.zone_host_resident = m.zone.map(|z| z.host_resident);
             };
-            if fits && balloon_full {
+            if fits && balloon_full && zone_fits {
                 return self.update(id, |s| {
                     progress(s);
                     s.state = ReclaimState::Done;
-                    s.message = format!("use {} fits the new max {}", m.used, first.max);
+                    s.message = match m.zone {
+                        Some(z) => format!(
+                            "use {} fits the new max {}; its zone has {} bytes plugged",
+                            m.used, first.max, z.plugged
+                        ),
+                        None => format!("use {} fits the new max {}", m.used, first.max),
+                    };
                 });
             }
             if now >= end {
+                if let (true, Some(z)) = (fits, m.zone.filter(|_| !zone_fits)) {
+                    return self.update(id, |s| {
+                        progress(s);
+                        s.state = ReclaimState::Expired;
+                        s.message = format!(
+                            "deadline: use fits the new max {}, which is in force, but the guest \
+                             still has {} bytes of its zone plugged",
+                            first.max, z.plugged
+                        );
+                    });
+                }
                 return self.expire(id, &first, fits, held, target, progress);
             }
             self.update(id, progress);

@@ -27,6 +27,21 @@ pub trait TypedMemory: Send + Sync {
     fn revoke(&self, class: &str, gpa: u64) -> Result<(), String>;
 }
 
+/// A zone's figures from below the guest OS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneMeasure {
+    /// Bytes plugged into the guest.
+    pub plugged: u64,
+    /// Bytes of its host memory backed.
+    pub host_resident: u64,
+}
+
+/// The VMM's zones, as the service measures them for zoned partitions' metrics.
+pub trait ZoneMeter: Send + Sync {
+    /// The figures of the zone that is guest node `node`.
+    fn measure(&self, node: u32) -> Option<ZoneMeasure>;
+}
+
 /// One extent backing an allocation.
 struct Extent {
     class: String,
@@ -117,6 +132,7 @@ pub struct PartitionService {
     engine: Arc<Mutex<Engine>>,
     changes: Arc<Changes>,
     typed: Arc<std::sync::OnceLock<Arc<dyn TypedMemory>>>,
+    zones: Arc<std::sync::OnceLock<Arc<dyn ZoneMeter>>>,
     extents: Arc<Mutex<std::collections::HashMap<mempart::Pid, Vec<Extent>>>>,
     object_extents: Arc<Mutex<objects::ObjectExtents>>,
     granted: Arc<std::sync::atomic::AtomicU64>,
@@ -129,6 +145,7 @@ impl PartitionService {
             engine,
             changes: Arc::new(Changes::default()),
             typed: Arc::default(),
+            zones: Arc::default(),
             extents: Arc::default(),
             object_extents: Arc::default(),
             granted: Arc::default(),
@@ -138,6 +155,22 @@ impl PartitionService {
     /// Backs allocations of classes other than sysram with extents of `typed` (once).
     pub fn set_typed_memory(&self, typed: Arc<dyn TypedMemory>) {
         let _ = self.typed.set(typed);
+    }
+
+    /// Measures zoned partitions' zones with `meter` (once).
+    pub fn set_zone_meter(&self, meter: Arc<dyn ZoneMeter>) {
+        let _ = self.zones.set(meter);
+    }
+
+    /// Fills a zoned partition's figures from below the guest OS into `m`.
+    pub fn measure_zone(&self, m: &mut mempart::PartitionMetrics) {
+        let (Some(zone), Some(meter)) = (m.zone.as_mut(), self.zones.get()) else {
+            return;
+        };
+        if let Some(measure) = meter.measure(zone.spec.node) {
+            zone.plugged = measure.plugged;
+            zone.host_resident = measure.host_resident;
+        }
     }
 
     /// Takes back every extent of `pid`'s allocations (it exited, and the engine freed
@@ -394,11 +427,20 @@ impl PartitionService {
         let e = &mut *engine;
         let reply = match op {
             Op::List { path } => Reply::Entries(e.list(caller, &path)?),
-            Op::Metrics { path } => Reply::Metrics(Box::new(e.metrics(caller, &path)?)),
+            Op::Metrics { path } => {
+                let mut metrics = e.metrics(caller, &path)?;
+                self.measure_zone(&mut metrics);
+                Reply::Metrics(Box::new(metrics))
+            }
             Op::ClassMetrics { path } => Reply::Class(e.class_metrics(caller, &path)?),
             Op::Stat { path } => Reply::Perm(e.stat(&path)?),
-            Op::Create { path, limits, mode } => {
-                e.create(caller, &path, NewPartition { limits, mode })?;
+            Op::Create {
+                path,
+                limits,
+                mode,
+                zone,
+            } => {
+                e.create(caller, &path, NewPartition { limits, mode, zone })?;
                 Reply::Done
             }
             Op::SetLimits {

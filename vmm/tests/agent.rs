@@ -112,6 +112,8 @@ impl Rig {
             .arg(dir.join("agent.sock"))
             .arg("--cgroup-root")
             .arg(dir.join("cgroup"))
+            .arg("--node-dir")
+            .arg(dir.join("node"))
             .args(extra)
             .stdout(Stdio::piped());
         if let Some(soft) = open_files {
@@ -1245,6 +1247,7 @@ fn a_listing_too_large_for_a_frame_is_an_error_for_that_request_only() {
             path: format!("{BOX}/p{n:0>249}"),
             limits: Limits::default(),
             mode: 0o755,
+            zone: false,
         };
         let created = client.call(&caller, op).expect("io");
         assert!(created.is_ok(), "child {n}: {created:?}");

@@ -388,6 +388,7 @@ fn every_typed_allocation_the_engine_admits_is_placed() {
             max: 64 << 20,
         },
         mode: 0o755,
+        zone: false,
     };
     assert_eq!(call(create), Ok(Reply::Done));
     for (pid, part) in [

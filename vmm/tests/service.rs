@@ -62,6 +62,7 @@ fn open(path: &str) -> Op {
         path: path.into(),
         limits: Limits::OPEN,
         mode: 0o750,
+        zone: false,
     }
 }
 
@@ -147,6 +148,7 @@ fn processes_allocations_and_frees_go_through_the_service() {
             max: 4 * MIB,
         },
         mode: 0o755,
+        zone: false,
     };
     assert_eq!(
         host.call(&Credential::Host, sandbox).expect("io"),

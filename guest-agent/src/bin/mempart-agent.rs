@@ -46,6 +46,10 @@ struct Args {
     /// Mirror sysram partitions as cgroup v2 groups under this root (in <root>/mempart).
     #[arg(long, default_value = "/sys/fs/cgroup")]
     cgroup_root: PathBuf,
+    /// Where the kernel describes the guest's NUMA nodes: node 0's use, less what
+    /// unzoned partitions report, is reported as the use of sysram's `sys`.
+    #[arg(long, default_value = "/sys/devices/system/node")]
+    node_dir: PathBuf,
     /// Do not mirror partitions into cgroups.
     #[arg(long)]
     no_cgroups: bool,
@@ -146,6 +150,9 @@ impl Drop for Seat {
 /// Refused connections kept open until their hello arrives; beyond this many they are
 /// closed at once.
 const REFUSALS_LINGERING: usize = 64;
+/// `sys`'s use of node 0 moves by pages all the time: it is reported in whole MiB, so a
+/// report goes out only when it moved by one.
+const SYS_REPORT_UNIT: u64 = 1 << 20;
 /// How long a refused connection is kept open for its hello.
 const REFUSAL_LINGER: Duration = Duration::from_millis(200);
 
@@ -422,6 +429,7 @@ impl Agent {
                         min: m.current.limits.min,
                         max: m.pending_max.unwrap_or(m.current.limits.max),
                         pids: m.processes.clone(),
+                        zone: m.zone.map(|z| z.spec.node),
                     });
                     todo.push(child);
                 }
@@ -495,14 +503,19 @@ impl Agent {
         }
     }
 
-    /// Tells the VMM each mirrored partition's own use that changed since the last report.
+    /// Tells the VMM each mirrored partition's own use, and `sys`'s use of node 0, where
+    /// it changed since the last report.
     fn report_usage(
         &self,
         mirror: &CgroupMirror,
         nodes: &[Node],
         reported: &mut HashMap<String, u64>,
     ) {
-        for (rel, own) in mirror.own_usage(nodes) {
+        let usage = mirror.own_usage(nodes);
+        let sys = mirror
+            .sys_usage(nodes, &usage)
+            .map(|own| ("sys".to_string(), own / SYS_REPORT_UNIT * SYS_REPORT_UNIT));
+        for (rel, own) in usage.into_iter().chain(sys) {
             if reported.get(&rel) == Some(&own) {
                 continue;
             }
@@ -890,7 +903,10 @@ fn main() -> anyhow::Result<()> {
         (None, None)
     } else {
         let (tx, rx) = channel();
-        (Some(tx), Some((CgroupMirror::new(&args.cgroup_root), rx)))
+        (
+            Some(tx),
+            Some((CgroupMirror::new(&args.cgroup_root, &args.node_dir), rx)),
+        )
     };
     raise_fd_limit();
     let (exited_tx, exited) = channel();

@@ -121,6 +121,11 @@ enum Cmd {
         /// Mode bits, octal.
         #[arg(long, default_value = "755")]
         mode: String,
+        /// Back it with a zone: a guest NUMA node whose plugged memory follows the max, so
+        /// its processes cannot hold more (top-level sysram partitions with a finite max;
+        /// zones are declared when the VM starts).
+        #[arg(long)]
+        zone: bool,
     },
     /// Change a partition's minimum and/or maximum.
     Set {
@@ -325,6 +330,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             min,
             max,
             mode: m,
+            zone,
         } => {
             let limits = Limits {
                 min: size(&min).map_err(usage)?,
@@ -334,6 +340,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 path,
                 limits,
                 mode: parse_mode(&m).map_err(Failure::Usage)?,
+                zone,
             })?;
         }
         Cmd::Set {

@@ -1,12 +1,13 @@
 //! The engine: one authoritative partition tree per VM, its exact accounting and its management.
-//! This file holds the tree, classes and limits; `events.rs`, `namespace.rs`, `objects.rs`
-//! and `process.rs` hold the engine's operations on those (the types they act on live in
+//! This file holds the tree, classes and limits; `events.rs`, `namespace.rs`, `objects.rs`,
+//! `process.rs` and `zones.rs` hold the engine's operations on those (the types they act on live in
 //! the crate's modules of the same names, which never import the engine).
 
 mod events;
 mod namespace;
 mod objects;
 mod process;
+mod zones;
 
 use std::collections::BTreeMap;
 
@@ -25,6 +26,7 @@ use crate::pids::PidMap;
 use crate::process::Process;
 use crate::security::{Access, Credential, Perm, Policies, Policy, MODE_MASK};
 use crate::slab::Slab;
+use crate::zone::ZoneMetrics;
 
 /// Most classes one engine holds.
 pub const MAX_CLASSES: usize = 64;
@@ -53,6 +55,7 @@ pub struct Engine {
     pub(crate) procs: PidMap<Process>,
     pub(crate) objects: Objects,
     pub(crate) subs: Slab<Subscription>,
+    pub(crate) zones: Vec<crate::zone::ZoneRegion>,
 }
 
 /// Permissions of `/partition/mem` itself: only the superuser and the host may add groups.
@@ -80,6 +83,7 @@ impl Engine {
             procs: PidMap::default(),
             objects: Objects::default(),
             subs: Slab::default(),
+            zones: Vec::new(),
         };
         for spec in classes {
             engine.add_class(spec)?;
@@ -489,9 +493,19 @@ impl Engine {
             ));
         }
         self.check_limits(class, spec.limits, path)?;
+        let zone = if spec.zone {
+            self.zone_rules(parent, spec.limits, path)?;
+            Some(self.pick_zone(spec.limits.max, path)?)
+        } else {
+            None
+        };
         let (uid, gid) = cred.owner();
-        self.insert_partition(parent, name, spec.limits, Perm::new(uid, gid, spec.mode))
-            .map(Node::Partition)
+        let id =
+            self.insert_partition(parent, name, spec.limits, Perm::new(uid, gid, spec.mode))?;
+        if let Some(index) = zone {
+            self.bind_zone(index, id);
+        }
+        Ok(Node::Partition(id))
     }
 
     fn check_limits(&self, class: ClassId, limits: Limits, path: &str) -> Result<()> {
@@ -640,6 +654,7 @@ impl Engine {
         let (class, parent, name) = (p.class, p.parent, p.name.clone());
         self.carry_into(class, parent, Delta::down(record.charge()), Mode::Checked)?;
         self.ledger.remove(id.0);
+        self.unbind_zone(id);
         if let Some(p) = self.parts.remove(id.0) {
             notify(&p.subscribers, &mut self.subs, EventKind::Destroyed);
         }
@@ -699,6 +714,9 @@ impl Engine {
         };
         let (own, used, class) = (r.own(), r.used(), self.part(id)?.class);
         self.check_limits(class, new, path)?;
+        if let Some(zone) = self.zone_index(id) {
+            self.check_zone_max(zone, new.max, path)?;
+        }
         if new.max < used && !reclaim {
             return Err(Error::new(
                 Errno::Ebusy,
@@ -935,6 +953,11 @@ impl Engine {
             processes: p.processes.iter().copied().collect(),
             objects: p.objects,
             children: p.children.keys().cloned().collect(),
+            zone: self.zone_of(id).map(|spec| ZoneMetrics {
+                spec,
+                plugged: 0,
+                host_resident: 0,
+            }),
         })
     }
 

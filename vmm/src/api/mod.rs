@@ -8,7 +8,7 @@
 //! | `GET /config` | the configuration the VM runs with |
 //! | `GET /metrics` | Prometheus text: per class (resident host bytes included) and per partition |
 //! | `GET /partition/mem/...` | a partition's or class's metrics; `?list` lists instead |
-//! | `POST /partition/mem/...` | create, body `{"min": N, "max": N, "mode": N}` (all optional); in a group, `{"link": P}` makes a pseudo partition naming P |
+//! | `POST /partition/mem/...` | create, body `{"min": N, "max": N, "mode": N, "zone": B}` (all optional); in a group, `{"link": P}` makes a pseudo partition naming P |
 //! | `PATCH /partition/mem/...` with `mode`, `uid` and `gid`, `policy`, `clear_policy` or `reset_highest` | chmod, chown, set a one-way policy (clearing one is `EPERM`), reset the highest size answering the old one |
 //! | `PATCH /partition/mem/...` | change limits, body `{"min": N, "max": N}`; raising a sysram max deflates what reclaims ballooned |
 //! | `PATCH /partition/mem/...` with `"reclaim": true` | start a reclaim, body `{"max": N, "reclaim": true, "deadline_ms": N}`: 202 and its status |
@@ -67,6 +67,9 @@ struct CreateBody {
     min: Option<u64>,
     max: Option<u64>,
     mode: Option<u32>,
+    /// Backs the new partition with a zone.
+    #[serde(default)]
+    zone: bool,
     /// Makes the new node a pseudo partition naming this real partition.
     link: Option<String>,
 }
@@ -354,6 +357,7 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
             vm.set_zone_requested(name, b.requested)
                 .map_err(|e| match e {
                     crate::VmError::NoZone(_) => ApiError(404, format!("ENOENT: {e}")),
+                    crate::VmError::ZoneBound { .. } => ApiError(409, format!("EBUSY: {e}")),
                     _ => ApiError(400, format!("EINVAL: {e}")),
                 })?;
             json_answer(json!({ "zone": name, "requested": b.requested }))
@@ -380,15 +384,20 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
                     Method::Get if query == "list" => json_answer(json!(e.list(&host, &p)?)),
                     Method::Get => match e.resolve(&p)? {
                         Node::Class(_) => json_answer(json!(e.class_metrics(&host, &p)?)),
-                        _ => json_answer(json!(e.metrics(&host, &p)?)),
+                        _ => {
+                            let mut metrics = e.metrics(&host, &p)?;
+                            vm.service().measure_zone(&mut metrics);
+                            json_answer(json!(metrics))
+                        }
                     },
                     Method::Post => {
                         let b: CreateBody = parse(if body.is_empty() { b"{}" } else { body })?;
                         if let Some(target) = b.link {
-                            if b.min.is_some() || b.max.is_some() || b.mode.is_some() {
+                            if b.min.is_some() || b.max.is_some() || b.mode.is_some() || b.zone {
                                 return Err(ApiError(
                                     400,
-                                    "a pseudo partition (link) takes no min, max or mode".into(),
+                                    "a pseudo partition (link) takes no min, max, mode or zone"
+                                        .into(),
                                 ));
                             }
                             e.link(&host, &p, &target)?;
@@ -404,6 +413,7 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
                             NewPartition {
                                 limits,
                                 mode: b.mode.unwrap_or(0o755),
+                                zone: b.zone,
                             },
                         )?;
                         json_answer(json!({ "created": p }))
@@ -665,7 +675,8 @@ type ZoneMetric = (
     fn(&crate::ZoneFigures) -> u64,
 );
 
-/// Every zone's sizes, host-resident bytes and accesses to unplugged memory.
+/// Every zone's sizes, host-resident bytes and accesses to unplugged memory, labelled with
+/// the zoned partition it backs.
 fn zone_gauges(vm: &VmHandle) -> String {
     let zones = vm.zones();
     let metrics: [ZoneMetric; 5] = [
@@ -704,8 +715,13 @@ fn zone_gauges(vm: &VmHandle) -> String {
     for (name, kind, help, value) in metrics {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
         for z in &zones {
+            let partition = z
+                .partition
+                .as_ref()
+                .map(|p| format!(",partition=\"{}\"", label(p)))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "{name}{{zone=\"{}\"}} {}\n",
+                "{name}{{zone=\"{}\"{partition}}} {}\n",
                 label(&z.name),
                 value(z)
             ));

@@ -44,6 +44,11 @@ pub enum Verb {
         /// Mode bits, octal.
         #[arg(long)]
         mode: Option<String>,
+        /// Back it with a zone: a guest NUMA node whose plugged memory follows the max, so
+        /// its processes cannot hold more (top-level sysram partitions with a finite max;
+        /// zones are declared when the VM starts).
+        #[arg(long)]
+        zone: bool,
     },
     /// Change a partition's limits at once (a max below use is refused: see `reclaim`).
     /// Raising a sysram max deflates the balloon by what reclaims put in it.
@@ -143,13 +148,16 @@ pub fn ctl(sock: &std::path::Path, json: bool, verb: Verb) -> anyhow::Result<Exi
             min,
             max,
             mode,
+            zone,
         } => {
             let mode = mode
                 .as_deref()
                 .map(parse_mode)
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let body = serde_json::json!({ "min": size(min)?, "max": size(max)?, "mode": mode });
+            let body = serde_json::json!({
+                "min": size(min)?, "max": size(max)?, "mode": mode, "zone": zone,
+            });
             ("POST", encode(path), body.to_string())
         }
         Verb::Set { path, min, max } => {
@@ -429,18 +437,30 @@ fn reclaim(
         .with_context(|| format!("the API's answer is not a reclaim: {answer}"))?;
     let mut shown = None;
     loop {
-        let moved = (status.used, status.balloon_pages, status.state);
+        let moved = (
+            status.used,
+            status.balloon_pages,
+            status.zone_plugged,
+            status.state,
+        );
         if shown != Some(moved) {
             if json {
                 println!("{}", serde_json::to_string(&status)?);
             } else {
+                let back_to_host = match (status.zone_plugged, status.zone_host_resident) {
+                    (Some(plugged), Some(resident)) => format!(
+                        "zone plugged {}  host-resident {}",
+                        human(plugged),
+                        human(resident)
+                    ),
+                    _ => format!("balloon +{} pages", status.balloon_pages),
+                };
                 println!(
-                    "reclaim {} {:<9} used {:>10}  given back {:>10}  balloon +{} pages  {} ms",
+                    "reclaim {} {:<9} used {:>10}  given back {:>10}  {back_to_host}  {} ms",
                     status.id,
                     format!("{:?}", status.state).to_lowercase(),
                     human(status.used),
                     human(status.given_back),
-                    status.balloon_pages,
                     status.elapsed_ms,
                 );
             }

@@ -479,6 +479,17 @@ impl ClassRegion {
         Ok(extent.slot)
     }
 
+    /// Backs `[offset, offset+len)` of the class with host memory now (page aligned).
+    pub fn populate(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_extent(offset, len)?;
+        // The extent check keeps `offset` inside the mapping.
+        prefault(
+            &self.name,
+            self.mapping.as_ptr().wrapping_add(offset as usize),
+            len,
+        )
+    }
+
     /// The lowest offset with `len` free bytes (page aligned), if any.
     pub fn find_free(&self, len: u64) -> Option<u64> {
         if len == 0 || len % PAGE != 0 {

@@ -38,11 +38,11 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::config::{AgentEnd, SerialOut, VmConfig};
 use crate::reclaim::Reclaimer;
-use crate::service::{Authority, PartitionService};
+use crate::service::{Authority, PartitionService, ZoneMeasure, ZoneMeter};
 use boot::{BootError, EMULATED_KERNEL_ARGS};
 use memory::{class_bases, ClassRegion, MemoryError, Sysram, CLASS_ALIGN};
 use violations::{LogLine, Violation, ViolationLog};
-use zones::{SlotPool, Zone, ZONE_SLOTS};
+use zones::{SlotPool, Zone, ZoneFollower, ZONE_SLOTS};
 
 /// The COM1 ports.
 const COM1: u16 = 0x3f8;
@@ -221,11 +221,19 @@ pub enum VmError {
         /// Why.
         source: RequestedSizeError,
     },
+    /// The zone backs a partition, whose max sizes it.
+    #[error("zone {zone:?} backs {partition}: change that partition's max instead")]
+    ZoneBound {
+        /// The zone.
+        zone: String,
+        /// The partition's path.
+        partition: String,
+    },
     /// A class named in a grant does not exist.
     #[error("no class {0:?}")]
     NoClass(String),
     /// A vCPU thread could not be started.
-    #[error("starting vCPU thread: {0}")]
+    #[error("starting a VMM thread: {0}")]
     Thread(std::io::Error),
     /// An eventfd could not be created or duplicated.
     #[error("creating an eventfd: {0}")]
@@ -258,6 +266,7 @@ struct Shared {
     free_slots: Arc<Mutex<SlotPool>>,
     max_slots: u32,
     zones: Vec<Zone>,
+    zone_follower: Mutex<ZoneFollower>,
     stop: AtomicBool,
     sysram: Sysram,
     boot_t0: Option<u128>,
@@ -297,6 +306,8 @@ pub struct ZoneFigures {
     pub resident: u64,
     /// Guest accesses to its unplugged memory.
     pub violations: u64,
+    /// The zoned partition it backs, if any.
+    pub partition: Option<String>,
 }
 
 impl ZoneFigures {
@@ -308,7 +319,7 @@ impl ZoneFigures {
             "block_size": s.block_size, "requested": s.requested_size,
             "plugged": s.plugged_size, "resident": self.resident,
             "requests": s.requests, "errors": s.errors, "refused": s.refused,
-            "violations": self.violations,
+            "violations": self.violations, "partition": self.partition,
         })
     }
 }
@@ -336,25 +347,43 @@ impl Vm {
             return Err(kvm_error(kvm_ioctls::Error::new(libc::ENOTTY)));
         }
         let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
-        let zone_slots = ZONE_SLOTS.saturating_mul(config.zones.len() as u32);
-        let specs = class_specs(&config, max_slots.saturating_sub(zone_slots))?;
-        let engine = match &config.topology {
+        let topology = match &config.topology {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| VmError::TopologyRead {
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 })?;
-                let errors = |errors: Vec<String>| VmError::Topology {
+                let topology = Topology::parse(&text).map_err(|e| VmError::Topology {
                     path: path.display().to_string(),
-                    errors,
-                };
-                let topology = Topology::parse(&text).map_err(|e| errors(vec![e.to_string()]))?;
-                topology
-                    .build(&specs)
-                    .map_err(|errs| errors(errs.iter().map(ToString::to_string).collect()))?
+                    errors: vec![e.to_string()],
+                })?;
+                Some((path, topology))
             }
-            None => Engine::new(&specs).map_err(VmError::Classes)?,
+            None => None,
         };
+        let mut zone_specs = config.zones.clone();
+        if let Some((_, topology)) = &topology {
+            zone_specs.extend(zones::for_topology(topology, &config.zones)?);
+        }
+        let zone_slots = ZONE_SLOTS.saturating_mul(zone_specs.len() as u32);
+        let specs = class_specs(&config, max_slots.saturating_sub(zone_slots))?;
+        let engine_zones = zones::engine_specs(&zone_specs);
+        let engine =
+            match &topology {
+                Some((path, topology)) => topology
+                    .build_with_zones(&specs, &engine_zones)
+                    .map_err(|errs| VmError::Topology {
+                        path: path.display().to_string(),
+                        errors: errs.iter().map(ToString::to_string).collect(),
+                    })?,
+                None => {
+                    let mut engine = Engine::new(&specs).map_err(VmError::Classes)?;
+                    for zone in &engine_zones {
+                        engine.add_zone(*zone).map_err(VmError::Classes)?;
+                    }
+                    engine
+                }
+            };
         let engine = Arc::new(Mutex::new(engine));
         let max = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
         if config.cpus == 0 || config.cpus > max {
@@ -402,8 +431,7 @@ impl Vm {
             .unwrap_or(0)
             .max(memory::HIGH_RAM_START)
             .next_multiple_of(CLASS_ALIGN);
-        let (zones, zone_devices, zones_end) =
-            zones::build(&config.zones, zones_start, &vm, &slots)?;
+        let (zones, zone_devices, zones_end) = zones::build(&zone_specs, zones_start, &vm, &slots)?;
 
         let kernel = boot::load_kernel(&sysram.memory, &config.kernel)?;
         let initrd = match &config.initrd {
@@ -558,6 +586,7 @@ impl Vm {
                 free_slots: slots,
                 max_slots,
                 zones,
+                zone_follower: Mutex::default(),
                 stop: AtomicBool::new(false),
                 sysram,
                 boot_t0: std::env::var(BOOT_T0_ENV).ok().and_then(|v| v.parse().ok()),
@@ -574,6 +603,18 @@ impl Vm {
         };
         let typed = TypedClasses(Arc::downgrade(&vm.shared));
         vm.shared.service.set_typed_memory(Arc::new(typed));
+        vm.shared
+            .service
+            .set_zone_meter(Arc::new(ZoneMeters(Arc::downgrade(&vm.shared))));
+        zones_follow_partitions(&vm.shared);
+        if !vm.shared.zones.is_empty() {
+            let weak = Arc::downgrade(&vm.shared);
+            let service = vm.shared.service.clone();
+            std::thread::Builder::new()
+                .name("zones".into())
+                .spawn(move || follow_zones(&weak, &service))
+                .map_err(VmError::Thread)?;
+        }
         let weak = Arc::downgrade(&vm.shared);
         vm.shared
             .balloon
@@ -691,6 +732,46 @@ fn sysram_follows_balloon(shared: &Shared, status: &BalloonStatus) {
         }
     }
     shared.service.changed();
+}
+
+/// Brings every zone in line with the zoned partition it backs (see [`ZoneFollower`]).
+fn zones_follow_partitions(shared: &Shared) {
+    let bindings = lock(&shared.engine).zone_bindings();
+    for problem in lock(&shared.zone_follower).follow(&bindings, &shared.zones) {
+        eprintln!("mempart-vmm: {problem}");
+    }
+}
+
+/// Follows the engine's changes for as long as the VM lives, keeping its zones in line.
+fn follow_zones(shared: &std::sync::Weak<Shared>, service: &PartitionService) {
+    /// How long a wait lasts before the VM's end is noticed.
+    const LOOK: Duration = Duration::from_millis(500);
+    let mut seen = service.generation();
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        if strong.stop.load(Ordering::Acquire) {
+            return;
+        }
+        zones_follow_partitions(&strong);
+        drop(strong);
+        seen = service.wait_change(seen, LOOK);
+    }
+}
+
+/// Measures zones for the service and the reclaimer.
+struct ZoneMeters(std::sync::Weak<Shared>);
+
+impl ZoneMeter for ZoneMeters {
+    fn measure(&self, node: u32) -> Option<ZoneMeasure> {
+        let shared = self.0.upgrade()?;
+        let zone = shared.zones.iter().find(|z| z.proximity == node)?;
+        Some(ZoneMeasure {
+            plugged: zone.status().plugged_size,
+            host_resident: zone.resident(),
+        })
+    }
 }
 
 /// The engine's classes for `config`: each typed class's allocation unit is at least the
@@ -1003,6 +1084,7 @@ impl VmHandle {
     /// Every zone's name, device figures, host-resident bytes and accesses to its
     /// unplugged memory.
     pub fn zones(&self) -> Vec<ZoneFigures> {
+        let partitions = self.zone_partitions();
         let log = lock(&self.shared.violations);
         self.shared
             .zones
@@ -1014,7 +1096,18 @@ impl VmHandle {
                 device: z.status(),
                 resident: z.resident(),
                 violations: log.of_zone(index),
+                partition: partitions.get(&z.proximity).cloned(),
             })
+            .collect()
+    }
+
+    /// The path of the partition each bound zone backs, by node.
+    fn zone_partitions(&self) -> std::collections::BTreeMap<u32, String> {
+        let engine = lock(&self.shared.engine);
+        engine
+            .zone_bindings()
+            .into_iter()
+            .filter_map(|b| Some((b.spec.node, engine.path_of(b.partition?).ok()?)))
             .collect()
     }
 
@@ -1026,6 +1119,12 @@ impl VmHandle {
             .iter()
             .find(|z| z.name == name)
             .ok_or_else(|| VmError::NoZone(name.to_string()))?;
+        if let Some(partition) = self.zone_partitions().remove(&zone.proximity) {
+            return Err(VmError::ZoneBound {
+                zone: name.to_string(),
+                partition,
+            });
+        }
         zone.device
             .set_requested(bytes)
             .map_err(|source| VmError::ZoneSize {

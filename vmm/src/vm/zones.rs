@@ -2,13 +2,15 @@
 //! plugged block is one KVM memory slot; an unplugged block has none (an access is a
 //! violation) and its host pages are punched out of the memfd.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use devices::virtio::mem::{BlockBacking, Mem, MemConfig, MemConfigError, MemHandle, MemStatus};
 use kvm_ioctls::VmFd;
+use mempart::{PartId, ZoneBinding};
 
-use crate::config::{ClassBacking, ZoneSpec};
-use crate::vm::memory::{ClassRegion, MemoryError, CLASS_ALIGN, MIB};
+use crate::config::{ClassBacking, ZoneSpec, ZONE_GRANULE};
+use crate::vm::memory::{ClassRegion, MemoryError, CLASS_ALIGN, MIB, PAGE};
 
 /// KVM memory slots each zone may take at most: its block size is chosen so that the
 /// whole region plugged fits them.
@@ -121,6 +123,55 @@ pub enum ZoneError {
     /// More zones than nodes the devices can name.
     #[error("zone {0:?}: too many zones")]
     TooMany(String),
+    /// A zoned partition of the topology is named like a zone given with `--zone`.
+    #[error("zone {0:?}: the topology's zoned partition of that name needs a zone of its own; rename the --zone")]
+    NameTaken(String),
+    /// A zoned partition's max is too large for a zone.
+    #[error("partition {0:?}: its max {1} is too large for a zone")]
+    TooLarge(String, u64),
+}
+
+/// A zone for each zoned partition of `topology`, named after it, its size the
+/// partition's max rounded up to the guest's hot-plug granule. Entries without a finite
+/// max get none (building the engine refuses them by name).
+pub fn for_topology(
+    topology: &mempart::topology::Topology,
+    declared: &[ZoneSpec],
+) -> Result<Vec<ZoneSpec>, ZoneError> {
+    let mut specs = Vec::new();
+    for (path, max) in topology.zoned() {
+        if max == mempart::UNLIMITED {
+            continue;
+        }
+        let name = path.rsplit('/').next().unwrap_or(path).to_string();
+        if declared.iter().any(|z| z.name == name) {
+            return Err(ZoneError::NameTaken(name));
+        }
+        let size = max
+            .max(1)
+            .checked_next_multiple_of(ZONE_GRANULE)
+            .ok_or_else(|| ZoneError::TooLarge(path.to_string(), max))?;
+        specs.push(ZoneSpec {
+            name,
+            size,
+            requested: 0,
+            hugepages: false,
+        });
+    }
+    Ok(specs)
+}
+
+/// The engine's view of `specs`: node `i + 1` for the `i`th, as [`build`] numbers them.
+pub fn engine_specs(specs: &[ZoneSpec]) -> Vec<mempart::ZoneSpec> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, z)| mempart::ZoneSpec {
+            node: u32::try_from(i + 1).unwrap_or(u32::MAX),
+            capacity: z.size,
+            block: block_size(z.size),
+        })
+        .collect()
 }
 
 /// The zones of `specs`, placed one after another from `start` on GiB boundaries: each
@@ -181,6 +232,60 @@ fn region(spec: &ZoneSpec, base: u64) -> Result<ClassRegion, MemoryError> {
         prefault: false,
     };
     ClassRegion::new(&backing, base)
+}
+
+/// Keeps each zone in line with the zoned partition it backs: the plugged size follows
+/// the partition's max (a pending lower max included), its min is populated on the host
+/// when the partition takes the zone, and a zone its partition left is unplugged. Zones
+/// that back no partition are the host's to size (`PATCH /zone`).
+#[derive(Debug, Default)]
+pub struct ZoneFollower {
+    /// The partition each zone backs, by node, and the min populated for it.
+    bound: BTreeMap<u32, (PartId, u64)>,
+}
+
+impl ZoneFollower {
+    /// Applies `bindings` (the engine's) to `zones`; returns what could not be done.
+    pub fn follow(&mut self, bindings: &[ZoneBinding], zones: &[Zone]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for binding in bindings {
+            let node = binding.spec.node;
+            let Some(zone) = zones.iter().find(|z| z.proximity == node) else {
+                continue;
+            };
+            let Some(partition) = binding.partition else {
+                if self.bound.remove(&node).is_some() {
+                    if let Err(e) = zone.device.set_requested(0) {
+                        problems.push(format!("zone {:?}: unplugging: {e}", zone.name));
+                    }
+                }
+                continue;
+            };
+            let populated = match self.bound.get(&node) {
+                Some((p, populated)) if *p == partition => *populated,
+                _ => 0,
+            };
+            if zone.status().requested_size != binding.plugged_target {
+                if let Err(e) = zone.device.set_requested(binding.plugged_target) {
+                    problems.push(format!("zone {:?}: plugging: {e}", zone.name));
+                }
+            }
+            let min = binding.min.min(zone.range.1).next_multiple_of(PAGE);
+            let populated = if min > populated {
+                match lock(&zone.region).populate(populated, min - populated) {
+                    Ok(()) => min,
+                    Err(e) => {
+                        problems.push(format!("zone {:?}: populating its min: {e}", zone.name));
+                        populated
+                    }
+                }
+            } else {
+                populated
+            };
+            self.bound.insert(node, (partition, populated));
+        }
+        problems
+    }
 }
 
 /// Plugs and unplugs a zone's blocks: each plugged block is a KVM slot over its part of
