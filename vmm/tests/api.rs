@@ -802,3 +802,159 @@ fn zones_are_shown_and_resized_through_the_api() {
     assert_eq!(code, Some(1), "{out}");
     vm.stop();
 }
+
+/// A zoned partition through the API and `ctl`: it takes the smallest free zone that holds
+/// its max, the zone's requested size follows the max, its min is backed on the host at
+/// once, the zone is the partition's alone, and destroying the partition frees the zone
+/// and its memory.
+#[test]
+fn a_zoned_partition_sizes_its_zone() {
+    if !kvm_available() {
+        return;
+    }
+    let sock = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("api-zoned-{}.sock", std::process::id()));
+    let vm = ApiVm::start_with_zones(
+        &sock,
+        &["sysram=64M"],
+        &["big=256M", "spare=128M"],
+        serde_json::json!({}),
+    );
+    const MIB: u64 = 1 << 20;
+    let zone = |name: &str| {
+        let (status, body) = http(&sock, "GET", &format!("/zone/{name}"), "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")
+    };
+    let db = "/partition/mem/sysram/db";
+    let (status, body) = http(
+        &sock,
+        "POST",
+        db,
+        &format!(
+            r#"{{"min": {}, "max": {}, "zone": true}}"#,
+            8 * MIB,
+            32 * MIB
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let spare = zone("spare");
+    assert_eq!(
+        spare["partition"], db,
+        "the smaller zone that holds 32M: {spare}"
+    );
+    assert_eq!(spare["requested"], 32 * MIB);
+    assert_eq!(spare["resident"], 8 * MIB, "the min is populated: {spare}");
+    assert_eq!(zone("big")["partition"], serde_json::Value::Null);
+    let (status, body) = http(&sock, "GET", db, "");
+    assert_eq!(status, 200, "{body}");
+    let metrics: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(metrics["zone"]["spec"]["node"], 2);
+    assert_eq!(metrics["zone"]["host_resident"], 8 * MIB);
+    assert_eq!(metrics["zone"]["plugged"], 0, "this guest has no driver");
+    let (_, text) = http(&sock, "GET", "/metrics", "");
+    let labelled = format!(
+        "mempart_zone_requested_bytes{{zone=\"spare\",partition=\"{db}\"}} {}",
+        32 * MIB
+    );
+    assert!(text.contains(&labelled), "{text}");
+
+    let (status, body) = http(&sock, "PATCH", db, &format!(r#"{{"max": {}}}"#, 64 * MIB));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        zone("spare")["requested"],
+        64 * MIB,
+        "the zone follows the max"
+    );
+    for (method, path, body, code, says) in [
+        (
+            "PATCH",
+            "/zone/spare",
+            r#"{"requested": 0}"#.to_string(),
+            409,
+            "change that partition's max",
+        ),
+        (
+            "PATCH",
+            db,
+            format!(r#"{{"max": {}}}"#, u64::MAX),
+            400,
+            "beyond its zone",
+        ),
+        (
+            "PATCH",
+            db,
+            format!(r#"{{"max": {}}}"#, 256 * MIB),
+            400,
+            "beyond its zone",
+        ),
+        (
+            "POST",
+            "/partition/mem/sysram/db/inner",
+            format!(r#"{{"max": {}, "zone": true}}"#, 8 * MIB),
+            400,
+            "directly under /partition/mem/sysram",
+        ),
+        (
+            "POST",
+            "/partition/mem/sysram/huge",
+            format!(r#"{{"max": {}, "zone": true}}"#, 512 * MIB),
+            409,
+            "1 of 2 declared zones are free",
+        ),
+        (
+            "POST",
+            "/partition/mem/sysram/open",
+            r#"{"zone": true}"#.to_string(),
+            400,
+            "finite max",
+        ),
+    ] {
+        let (status, answer) = http(&sock, method, path, &body);
+        assert_eq!(status, code, "{method} {path} {body}: {answer}");
+        assert!(answer.contains(says), "{method} {path} {body}: {answer}");
+    }
+    assert_eq!(
+        zone("spare")["requested"],
+        64 * MIB,
+        "refusals change nothing"
+    );
+
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mempart-vmm"))
+            .arg("ctl")
+            .arg("--api-sock")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("ctl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let web = "/partition/mem/sysram/web";
+    let (code, out) = ctl(&["create", web, "--max", "200M", "--zone"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(zone("big")["partition"], web);
+    assert_eq!(zone("big")["requested"], 200 * MIB);
+    let (code, out) = ctl(&["stat", web]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("zone         node 1 of 256M"), "{out}");
+    assert!(out.contains("plugged      0"), "{out}");
+
+    let (status, body) = http(&sock, "DELETE", db, "");
+    assert_eq!(status, 200, "{body}");
+    let spare = zone("spare");
+    assert_eq!(spare["partition"], serde_json::Value::Null);
+    assert_eq!(
+        (&spare["requested"], &spare["resident"]),
+        (&serde_json::json!(0), &serde_json::json!(0)),
+        "a freed zone is unplugged and its memory given back: {spare}"
+    );
+    let (status, body) = http(&sock, "PATCH", "/zone/spare", r#"{"requested": 0}"#);
+    assert_eq!(
+        status, 200,
+        "a free zone is the host's to size again: {body}"
+    );
+    vm.stop();
+}

@@ -229,7 +229,9 @@ fn answer(mut request: Request, vm: &VmHandle, config: &Value, arrived: Instant)
         route(request.method(), request.url(), &body, vm, config)
     });
     if result.is_ok() && *request.method() != Method::Get {
-        // Whatever changed, the guest's followers (the agent, event streams) look again.
+        // Whatever changed, the guest's followers (the agent, event streams) look again,
+        // and zones follow their partitions before the client hears the answer.
+        vm.follow_zones();
         vm.service().changed();
     }
     send(request, result);

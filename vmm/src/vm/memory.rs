@@ -461,13 +461,36 @@ impl ClassRegion {
             source,
         })?;
         self.grants.remove(&offset);
+        self.punch(offset, extent.len)?;
+        Ok(extent.slot)
+    }
+
+    /// Gives the host pages of every part of the class not granted back to the host.
+    pub fn discard_ungranted(&self) -> Result<()> {
+        let mut start = 0u64;
+        let ends = self
+            .grants
+            .iter()
+            .map(|(offset, e)| (*offset, offset + e.len))
+            .chain(std::iter::once((self.size, self.size)));
+        for (offset, end) in ends {
+            if offset > start {
+                self.punch(start, offset - start)?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Punches `[offset, offset+len)` out of the class's file.
+    fn punch(&self, offset: u64, len: u64) -> Result<()> {
         // SAFETY: punching a hole in our own file only discards its pages in that range.
         let rc = unsafe {
             libc::fallocate(
                 self.file.as_raw_fd(),
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                 offset as libc::off_t,
-                extent.len as libc::off_t,
+                len as libc::off_t,
             )
         };
         if rc != 0 {
@@ -476,7 +499,7 @@ impl ClassRegion {
                 source: std::io::Error::last_os_error(),
             });
         }
-        Ok(extent.slot)
+        Ok(())
     }
 
     /// Backs `[offset, offset+len)` of the class with host memory now (page aligned).

@@ -736,8 +736,10 @@ fn sysram_follows_balloon(shared: &Shared, status: &BalloonStatus) {
 
 /// Brings every zone in line with the zoned partition it backs (see [`ZoneFollower`]).
 fn zones_follow_partitions(shared: &Shared) {
+    // The follower's lock first: two followers must not apply bindings out of order.
+    let mut follower = lock(&shared.zone_follower);
     let bindings = lock(&shared.engine).zone_bindings();
-    for problem in lock(&shared.zone_follower).follow(&bindings, &shared.zones) {
+    for problem in follower.follow(&bindings, &shared.zones) {
         eprintln!("mempart-vmm: {problem}");
     }
 }
@@ -1109,6 +1111,12 @@ impl VmHandle {
             .into_iter()
             .filter_map(|b| Some((b.spec.node, engine.path_of(b.partition?).ok()?)))
             .collect()
+    }
+
+    /// Brings every zone in line with the zoned partition it backs now, rather than when
+    /// the VMM's zone thread gets to it (the API does, so its answers show the effect).
+    pub fn follow_zones(&self) {
+        zones_follow_partitions(&self.shared);
     }
 
     /// Asks the guest to have `bytes` of zone `name` plugged.

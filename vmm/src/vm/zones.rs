@@ -258,6 +258,10 @@ impl ZoneFollower {
                     if let Err(e) = zone.device.set_requested(0) {
                         problems.push(format!("zone {:?}: unplugging: {e}", zone.name));
                     }
+                    // What was populated for the partition's min and never plugged.
+                    if let Err(e) = lock(&zone.region).discard_ungranted() {
+                        problems.push(format!("zone {:?}: {e}", zone.name));
+                    }
                 }
                 continue;
             };
