@@ -1,6 +1,6 @@
-/* memhog MIB|twice [hold]: touches MIB mebibytes of anonymous memory a page at a time
- * (`twice`: twice the memory.max of the nearest group at or above its own cgroup that
- * has one), saying how far it got every 4 MiB, then
+/* memhog MIB|twice|most [hold]: touches MIB mebibytes of anonymous memory a page at a
+ * time (`twice`: twice the memory.max of the nearest group at or above its own cgroup
+ * that has one; `most`: three quarters of it), saying how far it got every 4 MiB, then
  * exits 0 — or with `hold` keeps the memory until it is killed. The end-to-end tests use
  * it to meet a partition's memory.max. */
 #include <stdio.h>
@@ -15,7 +15,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     long mib = strtol(argv[1], NULL, 10);
-    if (strcmp(argv[1], "twice") == 0) {
+    int twice = strcmp(argv[1], "twice") == 0, most = strcmp(argv[1], "most") == 0;
+    if (twice || most) {
         char group[256] = {0}, path[512], max[64] = {0};
         FILE *f = fopen("/proc/self/cgroup", "r");
         if (!f || !fgets(group, sizeof group, f) || strncmp(group, "0::", 3) != 0) {
@@ -37,8 +38,9 @@ int main(int argc, char **argv) {
             }
             *slash = 0;
         }
-        mib = 2 * (strtol(max, NULL, 10) >> 20);
-        printf("memhog: %s is %ld MiB; touching %ld MiB\n", path, mib / 2, mib);
+        long limit = strtol(max, NULL, 10) >> 20;
+        mib = twice ? 2 * limit : 3 * limit / 4;
+        printf("memhog: %s is %ld MiB; touching %ld MiB\n", path, limit, mib);
     }
     int hold = argc > 2 && strcmp(argv[2], "hold") == 0;
     for (long i = 0; i < mib; i++) {

@@ -54,7 +54,9 @@ pub struct ZoneBinding {
     pub partition: Option<PartId>,
     /// The partition's min.
     pub min: u64,
-    /// The plugged size its max (a pending lower max counts) allows.
+    /// The plugged size its max in force allows. A pending lower max does not count
+    /// yet: were the zone to shrink while the partition's use is above it, the guest
+    /// would move the partition's pages to another node rather than free them.
     pub plugged_target: u64,
 }
 

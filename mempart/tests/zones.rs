@@ -148,7 +148,7 @@ fn a_zoned_partition_min_is_charged_to_sysram_and_its_max_stays_within_its_zone(
 }
 
 #[test]
-fn a_pending_lower_max_lowers_the_zone_target_and_a_destroy_frees_the_zone() {
+fn a_lower_max_lowers_the_zone_once_use_fits_and_a_destroy_frees_the_zone() {
     let mut e = engine();
     let path = "/partition/mem/sysram/db";
     ok(e.create(&HOST, path, zoned(0, 64 * MIB)));
@@ -163,11 +163,21 @@ fn a_pending_lower_max_lowers_the_zone_target_and_a_destroy_frees_the_zone() {
     };
     assert_eq!(
         target(&e),
-        Some((true, 8 * MIB)),
-        "whole blocks within the pending max"
+        Some((true, 64 * MIB)),
+        "the zone keeps the max in force while use is above the pending one"
     );
+    ok(e.report_usage(&HOST, path, 4 * MIB));
+    assert_eq!(
+        target(&e),
+        Some((true, 8 * MIB)),
+        "once use fits, whole blocks within the new max"
+    );
+    ok(e.set_limits(&HOST, path, None, Some(64 * MIB), false));
+    assert_eq!(target(&e), Some((true, 64 * MIB)), "a raise plugs more");
+    ok(e.report_usage(&HOST, path, 24 * MIB));
+    ok(e.set_limits(&HOST, path, None, Some(9 * MIB), true));
     ok(e.withdraw_reclaim(&HOST, path));
-    assert_eq!(target(&e), Some((true, 64 * MIB)));
+    assert_eq!(target(&e), Some((true, 64 * MIB)), "a withdrawn reclaim");
     ok(e.report_usage(&HOST, path, 0));
     ok(e.destroy(&HOST, path));
     assert_eq!(target(&e), Some((false, 0)));

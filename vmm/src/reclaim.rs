@@ -9,12 +9,13 @@
 //! (the previous max stays in force) and the balloon keeps the pages the guest did hand
 //! back, which the sysram class no longer counts.
 //!
-//! A reclaim of a **zoned** sysram partition needs no balloon: the lower max lowers its
-//! zone's plugged size (the VMM's zone follower asks the guest's driver to unplug), the
-//! agent mirrors the max into the cgroup so the guest frees the memory, and the VMM
-//! punches each unplugged block. It is `done` when use fits and the zone's plugged size
-//! is within the new max; at the deadline it is `expired` as above (the zone follows the
-//! max that stays in force).
+//! A reclaim of a **zoned** sysram partition needs no balloon: the agent mirrors the
+//! lower max into the cgroup so the guest frees the memory; once use fits, the lower max
+//! is in force and the VMM's zone follower lowers the zone's requested size to it, the
+//! guest's driver unplugs the freed blocks and the VMM punches them out. (Lowering the
+//! zone first would have the guest move the partition's pages to node 0, not free them.)
+//! It is `done` when use fits and the zone's plugged size is within the new max; at the
+//! deadline it is `expired` as above, the zone keeping the max that stays in force.
 //!
 //! A reclaim of a **typed** class partition asks the partition's users through a
 //! `reclaim` event to free extents. At the deadline the VMM, which owns typed memory,

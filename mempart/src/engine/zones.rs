@@ -43,9 +43,7 @@ impl Engine {
             .iter()
             .map(|z| {
                 let record = z.bound.and_then(|id| self.record(id).ok());
-                let (min, max) = record.map_or((0, 0), |r| {
-                    (r.limits().min, r.pending_max().unwrap_or(r.limits().max))
-                });
+                let (min, max) = record.map_or((0, 0), |r| (r.limits().min, r.limits().max));
                 ZoneBinding {
                     spec: z.spec,
                     partition: z.bound.filter(|_| record.is_some()),

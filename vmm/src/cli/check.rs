@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use mempart::topology::Topology;
+use mempart::topology::{Topology, TopologyError};
 use mempart::ClassSpec;
+use vmm::vm::zones;
 
 use super::run::{classes, print_table};
 
@@ -18,9 +19,16 @@ pub fn check(topology: PathBuf, class_args: &[String]) -> anyhow::Result<ExitCod
         .iter()
         .map(|c| ClassSpec::new(c.name.clone(), c.size))
         .collect();
-    let built = Topology::parse(&text)
-        .map_err(|e| vec![e])
-        .and_then(|t| t.build(&specs));
+    // Each zoned partition gets the zone of its own the VMM would give it.
+    let built = Topology::parse(&text).map_err(|e| vec![e]).and_then(|t| {
+        let zones = zones::for_topology(&t, &[]).map_err(|e| {
+            vec![TopologyError::Rule {
+                entry: "zones".into(),
+                message: e.to_string(),
+            }]
+        })?;
+        t.build_with_zones(&specs, &zones::engine_specs(&zones))
+    });
     match built {
         Ok(engine) => {
             print_table(&engine, &std::collections::HashMap::new())?;

@@ -235,7 +235,8 @@ fn region(spec: &ZoneSpec, base: u64) -> Result<ClassRegion, MemoryError> {
 }
 
 /// Keeps each zone in line with the zoned partition it backs: the plugged size follows
-/// the partition's max (a pending lower max included), its min is populated on the host
+/// the partition's max in force (a pending lower max waits until use fits it: see
+/// [`mempart::ZoneBinding::plugged_target`]), its min is populated on the host
 /// when the partition takes the zone, and a zone its partition left is unplugged. Zones
 /// that back no partition are the host's to size (`PATCH /zone`).
 #[derive(Debug, Default)]
