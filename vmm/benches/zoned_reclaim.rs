@@ -2,11 +2,12 @@
 //! (its zone unplugs; the VMM punches the blocks out of the zone's memfd) beside an
 //! unzoned one (the guest kernel frees the memory, the balloon takes what was given back
 //! and free page reporting returns the freed pages), the same amount, in one Linux guest
-//! with the agent, one after the other. In each partition a process holds 24 MiB; the
+//! with the agent, one after the other. In each partition a process holds 12 MiB; the
 //! host reclaims the partition to 2 MiB and follows the host-resident bytes (the zone's
 //! memfd; sysram's memfd) from the reclaim's start until they have fallen by [`AMOUNT`]
-//! or [`WINDOW`] has passed; the rate is the bytes returned over the time they took. Needs `MEMPART_TEST_KERNEL` and `MEMPART_TEST_INITRAMFS`
-//! (`scripts/bench-zone` builds them).
+//! or [`WINDOW`] has passed; the rate is the bytes returned over the time they took.
+//! Needs `MEMPART_TEST_KERNEL` and `MEMPART_TEST_INITRAMFS` (`scripts/bench-zone` builds
+//! them).
 
 // A benchmark whose set-up fails has nothing to measure: it stops with the reason.
 #![allow(clippy::expect_used)]
@@ -24,12 +25,12 @@ use vmm::config::{parse_class, with_sysram, AgentEnd};
 use vmm::{Backend, SerialOut, Vm, VmConfig, VmHandle};
 
 const MIB: u64 = 1 << 20;
-/// What each reclaim must give back to the host: most of the 24 MiB held.
-const AMOUNT: u64 = 20 * MIB;
+/// What each reclaim must give back to the host: most of the 12 MiB held.
+const AMOUNT: u64 = 10 * MIB;
 /// How long a step of the guest's may take before the bench gives up.
 const LIMIT: Duration = Duration::from_secs(600);
 /// How long each reclaim's returns are followed when [`AMOUNT`] is not reached sooner.
-const WINDOW: Duration = Duration::from_secs(60);
+const WINDOW: Duration = Duration::from_secs(150);
 const ZONED: &str = "/partition/mem/sysram/zoned";
 const OPEN: &str = "/partition/mem/sysram/open";
 
@@ -65,14 +66,14 @@ struct Returned {
     took: Duration,
 }
 
-/// Waits until `path`'s reported use reaches 24 MiB, then reclaims it to 2 MiB and
+/// Waits until `path`'s reported use reaches 12 MiB, then reclaims it to 2 MiB and
 /// follows the host-resident bytes `resident` reads: until they have fallen by
 /// [`AMOUNT`], or for [`WINDOW`], whichever comes first. Returns the largest fall and when
 /// it was first reached.
 fn reclaim(handle: &VmHandle, path: &str, resident: impl Fn() -> u64) -> Returned {
     let used =
         || handle.with_engine(|e| e.metrics(&Credential::Host, path).expect("partition").used);
-    until("use reported", Instant::now(), || used() >= 24 * MIB);
+    until("use reported", Instant::now(), || used() >= 12 * MIB);
     let before = resident();
     let started = Instant::now();
     handle
@@ -145,10 +146,10 @@ fn main() {
         "bench-zoned-reclaim: booting Linux ({})",
         Backend::detect().name()
     );
-    line(&rx, "memhog: touched 24 MiB");
+    line(&rx, "memhog: touched 12 MiB");
     let zone = || handle.zones().into_iter().next().expect("the zone");
     let zoned = reclaim(&handle, ZONED, || zone().resident);
-    line(&rx, "memhog: touched 24 MiB");
+    line(&rx, "memhog: touched 12 MiB");
     let sysram = || handle.resident("sysram").expect("sysram");
     let unzoned = reclaim(&handle, OPEN, sysram);
     show("zoned reclaim:", "the zone's memfd", &zoned);
