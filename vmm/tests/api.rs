@@ -941,6 +941,12 @@ fn a_zoned_partition_sizes_its_zone() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("zone         node 1 of 256M"), "{out}");
     assert!(out.contains("plugged      0"), "{out}");
+    let (code, out) = ctl(&["zone"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("zone big node 1  size 256M  requested 200M  plugged 0  resident 0  backs /partition/mem/sysram/web\n"),
+        "{out}"
+    );
 
     let (status, body) = http(&sock, "DELETE", db, "");
     assert_eq!(status, 200, "{body}");

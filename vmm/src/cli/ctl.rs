@@ -336,7 +336,7 @@ fn size_and_deadline(what: &str, size: &str, deadline: f64) -> anyhow::Result<u6
     Ok(bytes)
 }
 
-/// Prints a zone's figures on one line.
+/// Prints a zone's figures on one line, with the partition it backs if any.
 fn print_zone(zone: &serde_json::Value) {
     let bytes = |key: &str| {
         human(
@@ -345,8 +345,13 @@ fn print_zone(zone: &serde_json::Value) {
                 .unwrap_or(0),
         )
     };
+    let partition = zone
+        .get("partition")
+        .and_then(serde_json::Value::as_str)
+        .map(|p| format!("  backs {p}"))
+        .unwrap_or_default();
     println!(
-        "zone {} node {}  size {}  requested {}  plugged {}  resident {}",
+        "zone {} node {}  size {}  requested {}  plugged {}  resident {}{partition}",
         zone.get("name")
             .and_then(serde_json::Value::as_str)
             .unwrap_or("?"),
