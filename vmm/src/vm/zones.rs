@@ -243,11 +243,25 @@ fn region(spec: &ZoneSpec, base: u64) -> Result<ClassRegion, MemoryError> {
 pub struct ZoneFollower {
     /// The partition each zone backs, by node, and the min populated for it.
     bound: BTreeMap<u32, (PartId, u64)>,
+    /// What could not be done last time: said once, not at every change.
+    failing: Vec<String>,
 }
 
 impl ZoneFollower {
-    /// Applies `bindings` (the engine's) to `zones`; returns what could not be done.
+    /// Applies `bindings` (the engine's) to `zones`; returns what could not be done and
+    /// was not returned by the call before.
     pub fn follow(&mut self, bindings: &[ZoneBinding], zones: &[Zone]) -> Vec<String> {
+        let problems = self.apply(bindings, zones);
+        let new = problems
+            .iter()
+            .filter(|p| !self.failing.contains(p))
+            .cloned()
+            .collect();
+        self.failing = problems;
+        new
+    }
+
+    fn apply(&mut self, bindings: &[ZoneBinding], zones: &[Zone]) -> Vec<String> {
         let mut problems = Vec::new();
         for binding in bindings {
             let node = binding.spec.node;
