@@ -425,13 +425,9 @@ impl PartitionService {
         }
         let mut engine = lock(&self.engine);
         let e = &mut *engine;
-        let reply = match op {
+        let mut reply = match op {
             Op::List { path } => Reply::Entries(e.list(caller, &path)?),
-            Op::Metrics { path } => {
-                let mut metrics = e.metrics(caller, &path)?;
-                self.measure_zone(&mut metrics);
-                Reply::Metrics(Box::new(metrics))
-            }
+            Op::Metrics { path } => Reply::Metrics(Box::new(e.metrics(caller, &path)?)),
             Op::ClassMetrics { path } => Reply::Class(e.class_metrics(caller, &path)?),
             Op::Stat { path } => Reply::Perm(e.stat(&path)?),
             Op::Create {
@@ -658,6 +654,11 @@ impl PartitionService {
                 Reply::Done
             }
         };
+        // A zone is measured (mincore over its region) without holding up the engine.
+        drop(engine);
+        if let Reply::Metrics(metrics) = &mut reply {
+            self.measure_zone(metrics);
+        }
         Ok(reply)
     }
 }

@@ -51,6 +51,22 @@ fn event_stream(sock: &Path, path: &str) -> std::sync::mpsc::Receiver<String> {
     rx
 }
 
+/// Runs `mempart-vmm ctl` on the API at `sock`: its exit code, stdout and stderr.
+fn ctl_on(sock: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mempart-vmm"))
+        .arg("ctl")
+        .arg("--api-sock")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("ctl runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A VM running the `wait` guest with `classes`, its API served on `sock`.
 struct ApiVm {
     handle: vmm::VmHandle,
@@ -770,17 +786,8 @@ fn zones_are_shown_and_resized_through_the_api() {
     // `ctl zone`: every zone on a line; a size the guest already has is done at once; one
     // it does not plug (this guest has no driver) expires at the deadline, saying so.
     let ctl = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mempart-vmm"))
-            .arg("ctl")
-            .arg("--api-sock")
-            .arg(&sock)
-            .args(args)
-            .output()
-            .expect("ctl runs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let (code, stdout, _) = ctl_on(&sock, args);
+        (code, stdout)
     };
     let (code, out) = ctl(&["zone"]);
     assert_eq!(code, Some(0), "{out}");
@@ -921,16 +928,8 @@ fn a_zoned_partition_sizes_its_zone() {
     );
 
     let ctl = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mempart-vmm"))
-            .arg("ctl")
-            .arg("--api-sock")
-            .arg(&sock)
-            .args(args)
-            .output()
-            .expect("ctl runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code(), text)
+        let (code, stdout, stderr) = ctl_on(&sock, args);
+        (code, stdout + &stderr)
     };
     let web = "/partition/mem/sysram/web";
     let (code, out) = ctl(&["create", web, "--max", "200M", "--zone"]);
