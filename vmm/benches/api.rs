@@ -81,6 +81,7 @@ fn start_to_api(kernel: &Path, sock: &Path) -> (Duration, Duration) {
 fn set_up_to_api(kernel: &Path, sock: &Path) -> Duration {
     let config = vmm::VmConfig {
         zones: Vec::new(),
+        disks: Vec::new(),
         kernel: kernel.to_path_buf(),
         initrd: None,
         cmdline: String::new(),

@@ -59,6 +59,7 @@ fn main() {
         cpus: 1,
         classes: with_sysram(classes).expect("classes"),
         zones: vec![parse_zone("bench=128M,plugged=64M").expect("zone")],
+        disks: Vec::new(),
         topology: None,
         serial: SerialOut::Writer(Box::new(Lines::new(tx))),
         kvm_device: PathBuf::from("/dev/kvm"),

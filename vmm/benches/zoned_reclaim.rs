@@ -134,6 +134,7 @@ fn main() {
         cpus: 1,
         classes: with_sysram(classes).expect("classes"),
         zones: Vec::new(),
+        disks: Vec::new(),
         topology: Some(topology.clone()),
         serial: SerialOut::Writer(Box::new(Lines::new(tx))),
         kvm_device: PathBuf::from("/dev/kvm"),

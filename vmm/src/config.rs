@@ -40,6 +40,61 @@ pub struct ZoneSpec {
     pub hugepages: bool,
 }
 
+/// A disk as given on the command line: a raw image file behind a virtio-blk device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// The image file.
+    pub path: PathBuf,
+    /// Refuse the guest's writes (the file is opened read-only).
+    pub read_only: bool,
+    /// The disk's name: what the guest reads as its serial, and the label of its counters.
+    pub id: String,
+}
+
+/// Parses `PATH[,ro][,id=NAME]`; `index` (the disk's place among `--disk` arguments)
+/// names it `diskN` when no id is given.
+pub fn parse_disk(arg: &str, index: usize) -> Result<DiskSpec, ConfigError> {
+    let err = |reason: String| ConfigError::Disk {
+        arg: arg.to_string(),
+        reason,
+    };
+    let mut parts = arg.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(err("expected PATH[,ro][,id=NAME]".into()));
+    }
+    let mut disk = DiskSpec {
+        path: PathBuf::from(path),
+        read_only: false,
+        id: format!("disk{index}"),
+    };
+    for option in parts {
+        match option.split_once('=') {
+            None if option == "ro" => disk.read_only = true,
+            Some(("id", id)) => {
+                let fits = !id.is_empty()
+                    && id.len() <= devices::virtio::block::ID_BYTES
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if !fits {
+                    return Err(err(format!(
+                        "id {id:?}: use 1 to {} letters, digits, '-', '_' or '.'",
+                        devices::virtio::block::ID_BYTES
+                    )));
+                }
+                disk.id = id.to_string();
+            }
+            _ => {
+                return Err(err(format!(
+                    "unknown option {option:?} (use ro or id=NAME)"
+                )))
+            }
+        }
+    }
+    Ok(disk)
+}
+
 /// Splits `NAME=SIZE[,OPTION...]` into a checked name, the size and the options.
 fn name_size_options(arg: &str) -> Result<(&str, u64, std::str::Split<'_, char>), String> {
     let mut parts = arg.split(',');
@@ -133,6 +188,17 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A `--disk` argument that does not parse.
+    #[error("--disk {arg:?}: {reason}")]
+    Disk {
+        /// The argument.
+        arg: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two disks with one id.
+    #[error("--disk id {0:?} is given twice")]
+    DuplicateDisk(String),
     /// Two zones with one name.
     #[error("--zone {0:?} is given twice")]
     DuplicateZone(String),
@@ -248,6 +314,8 @@ pub struct VmConfig {
     pub classes: Vec<ClassBacking>,
     /// Zones: guest NUMA nodes of hot-pluggable memory.
     pub zones: Vec<ZoneSpec>,
+    /// Disks, in the order the guest finds them (the first is `/dev/vda`).
+    pub disks: Vec<DiskSpec>,
     /// Start-up topology file.
     pub topology: Option<PathBuf>,
     /// Serial console destination.
@@ -261,6 +329,33 @@ pub struct VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_arguments_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_disk("/images/root.ext4,ro,id=root", 0),
+            Ok(DiskSpec {
+                path: PathBuf::from("/images/root.ext4"),
+                read_only: true,
+                id: "root".into(),
+            })
+        );
+        assert_eq!(
+            parse_disk("data.img", 3).map(|d| (d.read_only, d.id)),
+            Ok((false, "disk3".into()))
+        );
+        for (arg, says) in [
+            ("", "expected PATH"),
+            (",ro", "expected PATH"),
+            ("a.img,rw", "unknown option \"rw\""),
+            ("a.img,id=", "use 1 to 20"),
+            ("a.img,id=twenty-one-bytes-long", "use 1 to 20"),
+            ("a.img,id=a\"b", "use 1 to 20"),
+        ] {
+            let err = parse_disk(arg, 0).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(says), "{arg}: {err}");
+        }
+    }
 
     #[test]
     fn zone_arguments_parse_and_bad_ones_say_why() {

@@ -95,6 +95,7 @@ fn linux_config(
         .collect();
     let config = VmConfig {
         zones: Vec::new(),
+        disks: Vec::new(),
         kernel,
         initrd: Some(initrd),
         cmdline: format!("console=ttyS0 reboot=k panic=-1 mempart.init={init}"),

@@ -1,6 +1,7 @@
 //! What every virtio device offers its transport, and how it interrupts the guest.
 
 pub mod balloon;
+pub mod block;
 pub mod console;
 pub mod mem;
 pub mod mmio;

@@ -315,7 +315,8 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
             body: vm.with_engine(prometheus)
                 + &resident_gauge(vm)
                 + &violation_counter(vm)
-                + &zone_gauges(vm),
+                + &zone_gauges(vm)
+                + &disk_counters(vm),
             content_type: "text/plain; version=0.0.4",
         }),
         (Method::Get, "/reclaim") => json_answer(json!(vm.reclaimer().list())),
@@ -726,6 +727,65 @@ fn zone_gauges(vm: &VmHandle) -> String {
                 "{name}{{zone=\"{}\"{partition}}} {}\n",
                 label(&z.name),
                 value(z)
+            ));
+        }
+    }
+    out
+}
+
+/// A disk counter: its name, help and how to read it.
+type DiskMetric = (
+    &'static str,
+    &'static str,
+    fn(&devices::virtio::block::BlockCounters) -> u64,
+);
+
+/// Every disk's request, byte and error counters, labelled with the disk's id.
+fn disk_counters(vm: &VmHandle) -> String {
+    let disks = vm.disks();
+    if disks.is_empty() {
+        return String::new();
+    }
+    let counters: Vec<_> = disks.iter().map(|d| (d, d.counters())).collect();
+    let metrics: [DiskMetric; 7] = [
+        ("mempart_disk_reads_total", "Read requests served.", |c| {
+            c.reads
+        }),
+        (
+            "mempart_disk_read_bytes_total",
+            "Bytes read from the image.",
+            |c| c.read_bytes,
+        ),
+        ("mempart_disk_writes_total", "Write requests served.", |c| {
+            c.writes
+        }),
+        (
+            "mempart_disk_write_bytes_total",
+            "Bytes written to the image.",
+            |c| c.write_bytes,
+        ),
+        ("mempart_disk_flushes_total", "Flushes served.", |c| {
+            c.flushes
+        }),
+        (
+            "mempart_disk_zeroings_total",
+            "Discard and write-zeroes requests served.",
+            |c| c.zeroings,
+        ),
+        (
+            "mempart_disk_errors_total",
+            "Requests answered with an error status.",
+            |c| c.errors,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in metrics {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for (d, c) in &counters {
+            out.push_str(&format!(
+                "{name}{{disk=\"{}\"}} {}\n",
+                label(&d.id),
+                value(c)
             ));
         }
     }

@@ -8,7 +8,8 @@ use anyhow::Context;
 use mempart::{Credential, Engine};
 use protocol::cli::human;
 use vmm::config::{
-    parse_class, parse_serial, parse_zone, with_sysram, ClassBacking, ConfigError, ZoneSpec,
+    parse_class, parse_disk, parse_serial, parse_zone, with_sysram, ClassBacking, ConfigError,
+    DiskSpec, ZoneSpec,
 };
 use vmm::{Vm, VmConfig};
 
@@ -41,6 +42,11 @@ pub struct RunArgs {
     /// host asks: `plugged` at boot (default 0), then `ctl zone NAME SIZE`. Linux guests.
     #[arg(long = "zone", value_name = "SPEC")]
     zones: Vec<String>,
+    /// A disk: PATH[,ro][,id=NAME]. A raw image file behind a virtio-blk device; the
+    /// first is the guest's /dev/vda (boot from it with `root=/dev/vda` in --cmdline).
+    /// `ro` refuses the guest's writes; `id` names it (at most 20 bytes; default diskN).
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<String>,
     /// Start-up partition topology (TOML).
     #[arg(long)]
     topology: Option<PathBuf>,
@@ -70,6 +76,8 @@ struct RunFile {
     classes: Vec<String>,
     #[serde(default)]
     zones: Vec<String>,
+    #[serde(default)]
+    disks: Vec<String>,
     topology: Option<PathBuf>,
     serial: Option<String>,
     kvm: Option<PathBuf>,
@@ -87,6 +95,7 @@ struct Effective {
     cpus: u32,
     classes: Vec<String>,
     zones: Vec<String>,
+    disks: Vec<String>,
     topology: Option<PathBuf>,
     serial: String,
     kvm: PathBuf,
@@ -132,6 +141,11 @@ impl RunArgs {
             } else {
                 self.zones
             },
+            disks: if self.disks.is_empty() {
+                file.disks
+            } else {
+                self.disks
+            },
             topology: self.topology.or(file.topology),
             serial: self
                 .serial
@@ -158,6 +172,7 @@ pub fn boot(args: RunArgs) -> anyhow::Result<ExitCode> {
         cpus: run.cpus,
         classes: classes(&run.classes)?,
         zones: zones(&run.zones)?,
+        disks: disks(&run.disks)?,
         topology: run.topology.clone(),
         serial: parse_serial(&run.serial)?,
         kvm_device: run.kvm.clone(),
@@ -217,6 +232,19 @@ pub fn zones(args: &[String]) -> anyhow::Result<Vec<ZoneSpec>> {
         zones.push(zone);
     }
     Ok(zones)
+}
+
+/// The disks of `--disk` arguments, in order; ids are unique.
+pub fn disks(args: &[String]) -> anyhow::Result<Vec<DiskSpec>> {
+    let mut disks: Vec<DiskSpec> = Vec::with_capacity(args.len());
+    for (index, arg) in args.iter().enumerate() {
+        let disk = parse_disk(arg, index)?;
+        if disks.iter().any(|d| d.id == disk.id) {
+            return Err(ConfigError::DuplicateDisk(disk.id).into());
+        }
+        disks.push(disk);
+    }
+    Ok(disks)
 }
 
 /// Prints every class (with the host bytes backing it, where `resident` knows them) and

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::virtio::balloon::{Balloon, BalloonHandle, BalloonStatus};
+use devices::virtio::block::{Block, Disk, DiskError, DiskInfo};
 use devices::virtio::console::{AgentChannel, Console};
 use devices::virtio::mem::{MemStatus, RequestedSizeError};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, REG_QUEUE_NOTIFY};
@@ -210,6 +211,9 @@ pub enum VmError {
     /// A zone cannot be set up.
     #[error(transparent)]
     Zone(#[from] zones::ZoneError),
+    /// A disk's image cannot be used.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     /// No zone of that name.
     #[error("no zone {0:?}")]
     NoZone(String),
@@ -267,6 +271,7 @@ struct Shared {
     max_slots: u32,
     zones: Vec<Zone>,
     zone_follower: Mutex<ZoneFollower>,
+    disks: Vec<DiskInfo>,
     stop: AtomicBool,
     sysram: Sysram,
     boot_t0: Option<u128>,
@@ -458,6 +463,15 @@ impl Vm {
                 .into_iter()
                 .map(|d| Box::new(d) as Box<dyn VirtioDevice>),
         );
+        // Disks come last, in the order given: the guest's first virtio-blk device is the
+        // first --disk.
+        let mut disks = Vec::with_capacity(config.disks.len());
+        for spec in &config.disks {
+            let disk = Disk::open(&spec.path, spec.read_only, &spec.id)?;
+            let (block, info) = Block::new(disk);
+            boxed.push(Box::new(block));
+            disks.push(info);
+        }
         let mut announced = Vec::new();
         for (i, device) in boxed.into_iter().enumerate() {
             let base = VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW;
@@ -587,6 +601,7 @@ impl Vm {
                 max_slots,
                 zones,
                 zone_follower: Mutex::default(),
+                disks,
                 stop: AtomicBool::new(false),
                 sysram,
                 boot_t0: std::env::var(BOOT_T0_ENV).ok().and_then(|v| v.parse().ok()),
@@ -1083,6 +1098,11 @@ impl VmHandle {
         Ok(lock(&self.shared.free_slots).take()?)
     }
 
+    /// Every disk: its image, whether it is read-only, and its request counters.
+    pub fn disks(&self) -> Vec<DiskInfo> {
+        self.shared.disks.clone()
+    }
+
     /// Every zone's name, device figures, host-resident bytes and accesses to its
     /// unplugged memory.
     pub fn zones(&self) -> Vec<ZoneFigures> {
@@ -1294,6 +1314,20 @@ impl VmHandle {
             serde_json::json!({ "max": self.shared.max_slots, "used": used })
         };
         let zones: Vec<serde_json::Value> = self.zones().into_iter().map(|z| z.to_json()).collect();
+        let disks: Vec<serde_json::Value> = self
+            .shared
+            .disks
+            .iter()
+            .map(|d| {
+                let c = d.counters();
+                serde_json::json!({
+                    "id": d.id, "path": d.path, "read_only": d.read_only, "bytes": d.bytes,
+                    "discard": d.discard, "reads": c.reads, "read_bytes": c.read_bytes,
+                    "writes": c.writes, "write_bytes": c.write_bytes, "flushes": c.flushes,
+                    "zeroings": c.zeroings, "errors": c.errors,
+                })
+            })
+            .collect();
         serde_json::json!({
             "memory_slots": slots,
             "backend": Backend::detect().name(),
@@ -1301,6 +1335,7 @@ impl VmHandle {
             "sysram_resident": self.shared.sysram.resident(),
             "classes": classes,
             "zones": zones,
+            "disks": disks,
             "violations": violations,
         })
     }

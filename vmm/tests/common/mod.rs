@@ -132,6 +132,7 @@ pub fn tiny_config(
         .collect();
     let config = vmm::VmConfig {
         zones: Vec::new(),
+        disks: Vec::new(),
         kernel,
         initrd: None,
         cmdline: String::new(),
