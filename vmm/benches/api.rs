@@ -82,6 +82,7 @@ fn set_up_to_api(kernel: &Path, sock: &Path) -> Duration {
     let config = vmm::VmConfig {
         zones: Vec::new(),
         disks: Vec::new(),
+        nets: Vec::new(),
         kernel: kernel.to_path_buf(),
         initrd: None,
         cmdline: String::new(),

@@ -60,6 +60,7 @@ fn main() {
         classes: with_sysram(classes).expect("classes"),
         zones: vec![parse_zone("bench=128M,plugged=64M").expect("zone")],
         disks: Vec::new(),
+        nets: Vec::new(),
         topology: None,
         serial: SerialOut::Writer(Box::new(Lines::new(tx))),
         kvm_device: PathBuf::from("/dev/kvm"),

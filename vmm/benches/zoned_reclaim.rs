@@ -135,6 +135,7 @@ fn main() {
         classes: with_sysram(classes).expect("classes"),
         zones: Vec::new(),
         disks: Vec::new(),
+        nets: Vec::new(),
         topology: Some(topology.clone()),
         serial: SerialOut::Writer(Box::new(Lines::new(tx))),
         kvm_device: PathBuf::from("/dev/kvm"),

@@ -95,6 +95,59 @@ pub fn parse_disk(arg: &str, index: usize) -> Result<DiskSpec, ConfigError> {
     Ok(disk)
 }
 
+/// A network device as given on the command line: virtio-net on an existing tap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    /// The tap's interface name.
+    pub tap: String,
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+}
+
+/// Parses `tap=NAME[,mac=MAC]`; `index` (the device's place among `--net` arguments)
+/// gives the default MAC, 06:00:00:00:00:0N+1 (locally administered).
+pub fn parse_net(arg: &str, index: usize) -> Result<NetSpec, ConfigError> {
+    let err = |reason: String| ConfigError::Net {
+        arg: arg.to_string(),
+        reason,
+    };
+    let mut tap = None;
+    let mut mac = [0x06, 0, 0, 0, 0, (index as u8).wrapping_add(1)];
+    for option in arg.split(',') {
+        match option.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
+            Some(("mac", text)) => mac = parse_mac(text).map_err(err)?,
+            _ => {
+                return Err(err(format!(
+                    "unknown option {option:?} (use tap=NAME and mac=MAC)"
+                )))
+            }
+        }
+    }
+    let tap = tap.ok_or_else(|| err("expected tap=NAME[,mac=MAC]".into()))?;
+    Ok(NetSpec { tap, mac })
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` as a unicast MAC address.
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("mac {text:?}: expected six hex bytes like 06:00:00:00:00:01");
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "mac {text}: a multicast address cannot be a device's"
+        ));
+    }
+    Ok(mac)
+}
+
 /// Splits `NAME=SIZE[,OPTION...]` into a checked name, the size and the options.
 fn name_size_options(arg: &str) -> Result<(&str, u64, std::str::Split<'_, char>), String> {
     let mut parts = arg.split(',');
@@ -196,6 +249,17 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A `--net` argument that does not parse.
+    #[error("--net {arg:?}: {reason}")]
+    Net {
+        /// The argument.
+        arg: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two network devices on one tap.
+    #[error("--net tap={0:?} is given twice")]
+    DuplicateTap(String),
     /// Two disks with one id.
     #[error("--disk id {0:?} is given twice")]
     DuplicateDisk(String),
@@ -316,6 +380,8 @@ pub struct VmConfig {
     pub zones: Vec<ZoneSpec>,
     /// Disks, in the order the guest finds them (the first is `/dev/vda`).
     pub disks: Vec<DiskSpec>,
+    /// Network devices, in the order the guest finds them (the first is `eth0`).
+    pub nets: Vec<NetSpec>,
     /// Start-up topology file.
     pub topology: Option<PathBuf>,
     /// Serial console destination.
@@ -353,6 +419,33 @@ mod tests {
             ("a.img,id=a\"b", "use 1 to 20"),
         ] {
             let err = parse_disk(arg, 0).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(says), "{arg}: {err}");
+        }
+    }
+
+    #[test]
+    fn net_arguments_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_net("tap=mp0,mac=52:54:00:12:34:56", 0),
+            Ok(NetSpec {
+                tap: "mp0".into(),
+                mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            })
+        );
+        assert_eq!(
+            parse_net("tap=mp1", 1).map(|n| n.mac),
+            Ok([6, 0, 0, 0, 0, 2])
+        );
+        for (arg, says) in [
+            ("", "unknown option"),
+            ("mac=06:00:00:00:00:01", "expected tap=NAME"),
+            ("tap=", "unknown option"),
+            ("tap=a,mac=06:00:00:00:00", "six hex bytes"),
+            ("tap=a,mac=06:00:00:00:00:01:02", "six hex bytes"),
+            ("tap=a,mac=0g:00:00:00:00:01", "six hex bytes"),
+            ("tap=a,mac=01:00:5e:00:00:01", "multicast"),
+        ] {
+            let err = parse_net(arg, 0).map(|_| ()).unwrap_err().to_string();
             assert!(err.contains(says), "{arg}: {err}");
         }
     }

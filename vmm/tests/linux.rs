@@ -96,6 +96,7 @@ fn linux_config(
     let config = VmConfig {
         zones: Vec::new(),
         disks: Vec::new(),
+        nets: Vec::new(),
         kernel,
         initrd: Some(initrd),
         cmdline: format!("console=ttyS0 reboot=k panic=-1 mempart.init={init}"),

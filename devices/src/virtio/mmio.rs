@@ -118,6 +118,11 @@ impl MmioTransport {
         }
     }
 
+    /// The device's backend descriptor, watched edge-triggered by the event loop.
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.backend_fd()
+    }
+
     /// A duplicate of the device's backend eventfd, for the event loop.
     pub fn backend_event(&self) -> Option<std::io::Result<vmm_sys_util::eventfd::EventFd>> {
         self.device.backend_event().map(|fd| fd.try_clone())

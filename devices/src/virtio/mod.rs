@@ -5,6 +5,7 @@ pub mod block;
 pub mod console;
 pub mod mem;
 pub mod mmio;
+pub mod net;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -119,7 +120,13 @@ pub trait VirtioDevice: Send {
     fn backend_event(&self) -> Option<&EventFd> {
         None
     }
-    /// The backend signalled its eventfd.
+    /// A descriptor (a tap) the event loop watches, edge-triggered, for the device's
+    /// backend becoming readable; the event loop then calls [`VirtioDevice::backend_ready`]
+    /// and the device reads it until it would block.
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// The backend signalled its eventfd or its descriptor became readable.
     fn backend_ready(&mut self) {}
 }
 

@@ -316,7 +316,8 @@ fn route(method: &Method, url: &str, body: &[u8], vm: &VmHandle, config: &Value)
                 + &resident_gauge(vm)
                 + &violation_counter(vm)
                 + &zone_gauges(vm)
-                + &disk_counters(vm),
+                + &disk_counters(vm)
+                + &net_counters(vm),
             content_type: "text/plain; version=0.0.4",
         }),
         (Method::Get, "/reclaim") => json_answer(json!(vm.reclaimer().list())),
@@ -785,6 +786,64 @@ fn disk_counters(vm: &VmHandle) -> String {
             out.push_str(&format!(
                 "{name}{{disk=\"{}\"}} {}\n",
                 label(&d.id),
+                value(c)
+            ));
+        }
+    }
+    out
+}
+
+/// A network counter: its name, help and how to read it.
+type NetMetric = (
+    &'static str,
+    &'static str,
+    fn(&devices::virtio::net::NetCounters) -> u64,
+);
+
+/// Every network device's frame, byte and drop counters, labelled with its tap.
+fn net_counters(vm: &VmHandle) -> String {
+    let nets = vm.nets();
+    if nets.is_empty() {
+        return String::new();
+    }
+    let counters: Vec<_> = nets.iter().map(|n| (n, n.counters())).collect();
+    let metrics: [NetMetric; 6] = [
+        (
+            "mempart_net_rx_frames_total",
+            "Frames delivered to the guest.",
+            |c| c.rx_frames,
+        ),
+        (
+            "mempart_net_rx_bytes_total",
+            "Bytes delivered to the guest.",
+            |c| c.rx_bytes,
+        ),
+        (
+            "mempart_net_rx_dropped_total",
+            "Frames that did not fit the guest's buffer.",
+            |c| c.rx_dropped,
+        ),
+        (
+            "mempart_net_tx_frames_total",
+            "Frames the guest sent.",
+            |c| c.tx_frames,
+        ),
+        ("mempart_net_tx_bytes_total", "Bytes the guest sent.", |c| {
+            c.tx_bytes
+        }),
+        (
+            "mempart_net_tx_dropped_total",
+            "Frames from the guest that were malformed or refused.",
+            |c| c.tx_dropped,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in metrics {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for (n, c) in &counters {
+            out.push_str(&format!(
+                "{name}{{tap=\"{}\"}} {}\n",
+                label(&n.id),
                 value(c)
             ));
         }

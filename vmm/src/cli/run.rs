@@ -8,8 +8,8 @@ use anyhow::Context;
 use mempart::{Credential, Engine};
 use protocol::cli::human;
 use vmm::config::{
-    parse_class, parse_disk, parse_serial, parse_zone, with_sysram, ClassBacking, ConfigError,
-    DiskSpec, ZoneSpec,
+    parse_class, parse_disk, parse_net, parse_serial, parse_zone, with_sysram, ClassBacking,
+    ConfigError, DiskSpec, NetSpec, ZoneSpec,
 };
 use vmm::{Vm, VmConfig};
 
@@ -47,6 +47,11 @@ pub struct RunArgs {
     /// `ro` refuses the guest's writes; `id` names it (at most 20 bytes; default diskN).
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
+    /// A network device: tap=NAME[,mac=MAC]. virtio-net on an existing tap (the VMM does
+    /// not create one: `ip tuntap add NAME mode tap user $USER` and `ip link set NAME up`,
+    /// as root, do); the first is the guest's eth0. MAC default 06:00:00:00:00:0N.
+    #[arg(long = "net", value_name = "SPEC")]
+    nets: Vec<String>,
     /// Start-up partition topology (TOML).
     #[arg(long)]
     topology: Option<PathBuf>,
@@ -78,6 +83,8 @@ struct RunFile {
     zones: Vec<String>,
     #[serde(default)]
     disks: Vec<String>,
+    #[serde(default)]
+    nets: Vec<String>,
     topology: Option<PathBuf>,
     serial: Option<String>,
     kvm: Option<PathBuf>,
@@ -96,6 +103,7 @@ struct Effective {
     classes: Vec<String>,
     zones: Vec<String>,
     disks: Vec<String>,
+    nets: Vec<String>,
     topology: Option<PathBuf>,
     serial: String,
     kvm: PathBuf,
@@ -146,6 +154,11 @@ impl RunArgs {
             } else {
                 self.disks
             },
+            nets: if self.nets.is_empty() {
+                file.nets
+            } else {
+                self.nets
+            },
             topology: self.topology.or(file.topology),
             serial: self
                 .serial
@@ -173,6 +186,7 @@ pub fn boot(args: RunArgs) -> anyhow::Result<ExitCode> {
         classes: classes(&run.classes)?,
         zones: zones(&run.zones)?,
         disks: disks(&run.disks)?,
+        nets: nets(&run.nets)?,
         topology: run.topology.clone(),
         serial: parse_serial(&run.serial)?,
         kvm_device: run.kvm.clone(),
@@ -245,6 +259,19 @@ pub fn disks(args: &[String]) -> anyhow::Result<Vec<DiskSpec>> {
         disks.push(disk);
     }
     Ok(disks)
+}
+
+/// The network devices of `--net` arguments, in order; taps are unique.
+pub fn nets(args: &[String]) -> anyhow::Result<Vec<NetSpec>> {
+    let mut nets: Vec<NetSpec> = Vec::with_capacity(args.len());
+    for (index, arg) in args.iter().enumerate() {
+        let net = parse_net(arg, index)?;
+        if nets.iter().any(|n| n.tap == net.tap) {
+            return Err(ConfigError::DuplicateTap(net.tap).into());
+        }
+        nets.push(net);
+    }
+    Ok(nets)
 }
 
 /// Prints every class (with the host bytes backing it, where `resident` knows them) and

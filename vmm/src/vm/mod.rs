@@ -22,6 +22,7 @@ use devices::virtio::block::{Block, Disk, DiskError, DiskInfo};
 use devices::virtio::console::{AgentChannel, Console};
 use devices::virtio::mem::{MemStatus, RequestedSizeError};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, REG_QUEUE_NOTIFY};
+use devices::virtio::net::{Net, NetInfo, Tap, TapError};
 use devices::virtio::{Interrupt, VirtioDevice};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
@@ -211,6 +212,9 @@ pub enum VmError {
     /// A zone cannot be set up.
     #[error(transparent)]
     Zone(#[from] zones::ZoneError),
+    /// A network device's tap cannot be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
     /// A disk's image cannot be used.
     #[error(transparent)]
     Disk(#[from] DiskError),
@@ -272,6 +276,7 @@ struct Shared {
     zones: Vec<Zone>,
     zone_follower: Mutex<ZoneFollower>,
     disks: Vec<DiskInfo>,
+    nets: Vec<NetInfo>,
     stop: AtomicBool,
     sysram: Sysram,
     boot_t0: Option<u128>,
@@ -472,6 +477,13 @@ impl Vm {
             boxed.push(Box::new(block));
             disks.push(info);
         }
+        let mut nets = Vec::with_capacity(config.nets.len());
+        for spec in &config.nets {
+            let tap = Tap::open(&spec.tap)?;
+            let (net, info) = Net::new(Box::new(tap), spec.mac, &spec.tap);
+            boxed.push(Box::new(net));
+            nets.push(info);
+        }
         let mut announced = Vec::new();
         for (i, device) in boxed.into_iter().enumerate() {
             let base = VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW;
@@ -602,6 +614,7 @@ impl Vm {
                 zones,
                 zone_follower: Mutex::default(),
                 disks,
+                nets,
                 stop: AtomicBool::new(false),
                 sysram,
                 boot_t0: std::env::var(BOOT_T0_ENV).ok().and_then(|v| v.parse().ok()),
@@ -887,11 +900,13 @@ fn attach(
         .backend_event()
         .transpose()
         .map_err(VmError::EventFd)?;
+    let backend_fd = transport.backend_fd();
     let transport = Arc::new(Mutex::new(transport));
     let notifier = QueueNotifier {
         transport: Arc::clone(&transport),
         fds,
         backend,
+        backend_fd,
     };
     Ok((transport, notifier))
 }
@@ -919,10 +934,13 @@ struct QueueNotifier {
     transport: Arc<Mutex<MmioTransport>>,
     fds: Vec<EventFd>,
     backend: Option<EventFd>,
+    backend_fd: Option<std::os::fd::RawFd>,
 }
 
 /// The event data that marks the backend's eventfd (queue indexes are small).
 const BACKEND_EVENT: u32 = u32::MAX;
+/// The event data that marks the backend's descriptor (a tap).
+const BACKEND_FD: u32 = u32::MAX - 1;
 
 impl MutEventSubscriber for QueueNotifier {
     fn init(&mut self, ops: &mut EventOps) {
@@ -932,9 +950,22 @@ impl MutEventSubscriber for QueueNotifier {
         if let Some(fd) = &self.backend {
             let _ = ops.add(Events::with_data(fd, BACKEND_EVENT, EventSet::IN));
         }
+        // Edge-triggered: the device reads until it would block, or until the guest has
+        // no buffers left (it reads again when the guest adds some).
+        if let Some(fd) = self.backend_fd {
+            let _ = ops.add(Events::with_data_raw(
+                fd,
+                BACKEND_FD,
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+            ));
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == BACKEND_FD {
+            lock(&self.transport).backend_ready();
+            return;
+        }
         if events.data() == BACKEND_EVENT {
             if let Some(fd) = &self.backend {
                 let _ = fd.read();
@@ -1101,6 +1132,11 @@ impl VmHandle {
     /// Every disk: its image, whether it is read-only, and its request counters.
     pub fn disks(&self) -> Vec<DiskInfo> {
         self.shared.disks.clone()
+    }
+
+    /// Every network device: its tap, MAC address and frame counters.
+    pub fn nets(&self) -> Vec<NetInfo> {
+        self.shared.nets.clone()
     }
 
     /// Every zone's name, device figures, host-resident bytes and accesses to its
@@ -1328,6 +1364,19 @@ impl VmHandle {
                 })
             })
             .collect();
+        let nets: Vec<serde_json::Value> = self
+            .shared
+            .nets
+            .iter()
+            .map(|n| {
+                let c = n.counters();
+                serde_json::json!({
+                    "tap": n.id, "mac": n.mac_text(), "rx_frames": c.rx_frames,
+                    "rx_bytes": c.rx_bytes, "rx_dropped": c.rx_dropped,
+                    "tx_frames": c.tx_frames, "tx_bytes": c.tx_bytes, "tx_dropped": c.tx_dropped,
+                })
+            })
+            .collect();
         serde_json::json!({
             "memory_slots": slots,
             "backend": Backend::detect().name(),
@@ -1336,6 +1385,7 @@ impl VmHandle {
             "classes": classes,
             "zones": zones,
             "disks": disks,
+            "nets": nets,
             "violations": violations,
         })
     }

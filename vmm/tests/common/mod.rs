@@ -133,6 +133,7 @@ pub fn tiny_config(
     let config = vmm::VmConfig {
         zones: Vec::new(),
         disks: Vec::new(),
+        nets: Vec::new(),
         kernel,
         initrd: None,
         cmdline: String::new(),
