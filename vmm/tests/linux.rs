@@ -645,11 +645,10 @@ fn guest_enforcement_and_host_reclaim_in_linux() {
     });
     service.changed();
 
-    // The zoned partition. A process holding 3/4 Z in it; the host reclaims it to Z/4:
-    // the guest kernel kills the holder, the zone unplugs, and the host gets the zone's
-    // memory back.
-    let (held, lower) = (zoned_mib * 3 / 4, zoned_mib / 4);
-    let text = until(&[&format!("memhog: touched {held} MiB")]);
+    // The zoned partition. A process in it touching twice its max is stopped while the
+    // zone never holds more than the max on the host, and a process in the unzoned,
+    // Open `open` carries on.
+    let text = until(&["memhog: touched 5 MiB"]);
     let shown = text
         .split("guest$ /bin/show /sys/fs/cgroup/mempart/zoned/cpuset.mems")
         .nth(1)
@@ -660,6 +659,36 @@ fn guest_enforcement_and_host_reclaim_in_linux() {
         shown.starts_with("1\n0\n") && shown.contains("zone_node 1\n"),
         "zoned's group is on node 1, other's on node 0, and the view shows the zone:\n{shown}"
     );
+    let zoned_run = text
+        .split(&format!(
+            "guest$ mpctl run --part {ZONED} -- /bin/memhog twice"
+        ))
+        .nth(1)
+        .and_then(|rest| rest.split("guest$").next())
+        .unwrap_or_else(|| panic!("no memhog in zoned:\n{text}"));
+    assert!(
+        zoned_run.contains(&format!(
+            "memory.max is {zoned_mib} MiB; touching {} MiB",
+            2 * zoned_mib
+        )) && zoned_run.contains("init: mpctl exited with 137")
+            && !zoned_run.contains("memhog: touched"),
+        "the guest kernel stopped the process in zoned:\n{zoned_run}"
+    );
+    let (peak_plugged, peak_resident) = zone_peak.get();
+    eprintln!(
+        "zoned: peak plugged {} KiB, peak host-resident {} KiB (block {} KiB)",
+        peak_plugged >> 10,
+        peak_resident >> 10,
+        block >> 10
+    );
+    assert!(
+        peak_plugged <= zoned_mib * MIB && peak_resident <= zoned_mib * MIB + block,
+        "the zone held at most the max: plugged {peak_plugged}, resident {peak_resident}"
+    );
+    // Then a process holding 3/4 Z in it; the host reclaims it to Z/4: the guest kernel
+    // kills the holder, the zone unplugs, and the host gets the zone's memory back.
+    let (held, lower) = (zoned_mib * 3 / 4, zoned_mib / 4);
+    until(&[&format!("memhog: touched {held} MiB")]);
     let used = |h: &vmm::VmHandle| {
         h.with_engine(|e| e.metrics(&Credential::Host, ZONED).expect("zoned").used)
     };
@@ -692,9 +721,7 @@ fn guest_enforcement_and_host_reclaim_in_linux() {
         before.resident >> 10,
         after.resident >> 10
     );
-    // Raising the max again plugs the zone back to it; then a process touching twice
-    // zoned's max is stopped while the zone never holds more than the max on the host,
-    // and a process in the unzoned, Open `open` carries on.
+    // Raising the max again plugs the zone back to it.
     handle
         .reclaimer()
         .set_limits(ZONED, None, Some(zoned_mib * MIB))
@@ -715,33 +742,6 @@ fn guest_enforcement_and_host_reclaim_in_linux() {
             .expect("destroy gate")
     });
     service.changed();
-    let text = until(&["memhog: touched 5 MiB"]);
-    let zoned_run = text
-        .split(&format!(
-            "guest$ mpctl run --part {ZONED} -- /bin/memhog twice"
-        ))
-        .nth(1)
-        .and_then(|rest| rest.split("guest$").next())
-        .unwrap_or_else(|| panic!("no memhog in zoned:\n{text}"));
-    assert!(
-        zoned_run.contains(&format!(
-            "memory.max is {zoned_mib} MiB; touching {} MiB",
-            2 * zoned_mib
-        )) && zoned_run.contains("init: mpctl exited with 137")
-            && !zoned_run.contains("memhog: touched"),
-        "the guest kernel stopped the process in zoned:\n{zoned_run}"
-    );
-    let (peak_plugged, peak_resident) = zone_peak.get();
-    eprintln!(
-        "zoned: peak plugged {} KiB, peak host-resident {} KiB (block {} KiB)",
-        peak_plugged >> 10,
-        peak_resident >> 10,
-        block >> 10
-    );
-    assert!(
-        peak_plugged <= zoned_mib * MIB && peak_resident <= zoned_mib * MIB + block,
-        "the zone held at most the max: plugged {peak_plugged}, resident {peak_resident}"
-    );
     // sys holds what the guest uses of node 0, and sysram's figures add up.
     let (sys, class) = handle.with_engine(|e| {
         (
@@ -773,3 +773,4 @@ fn guest_enforcement_and_host_reclaim_in_linux() {
         resident_after >> 10
     );
 }
+
