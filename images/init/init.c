@@ -277,6 +277,8 @@ int main(int argc, char **argv) {
             say("the agent did not start");
         }
         say("done");
+        /* A root file system on a disk keeps what was written. */
+        sync();
         reboot(RB_AUTOBOOT);
         return 0;
     }
