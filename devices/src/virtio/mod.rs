@@ -6,12 +6,14 @@ pub mod console;
 pub mod mem;
 pub mod mmio;
 pub mod net;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Feature bit: the device follows virtio 1.x.
@@ -147,4 +149,28 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
             dst.copy_from_slice(src);
         }
     }
+}
+
+/// Writes `data` into a chain's device-writable descriptors; returns the bytes written
+/// (0 if the first descriptor is not writable or not in guest memory).
+pub(crate) fn write_chain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    data: &[u8],
+) -> usize {
+    let mut done = 0;
+    for desc in chain {
+        if !desc.is_write_only() || done == data.len() {
+            break;
+        }
+        let n = (desc.len() as usize).min(data.len() - done);
+        let Some(src) = data.get(done..done + n) else {
+            break;
+        };
+        if mem.write_slice(src, desc.addr()).is_err() {
+            break;
+        }
+        done += n;
+    }
+    done
 }

@@ -196,7 +196,7 @@ impl Block {
     }
 
     fn execute(&mut self, mem: &GuestMemoryMmap, request: &Request) -> Outcome {
-        let c = Arc::clone(&self.counters);
+        let c = &self.counters;
         match request.kind {
             Kind::In => {
                 let Some(offset) = self.span(request.sector, request.len) else {

@@ -94,22 +94,7 @@ impl Rig<'_> {
     /// and the status byte.
     fn submit(&mut self, descs: &[(u64, u32, bool)]) -> (u32, u8) {
         let start = self.next;
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, (addr, len, writable))| {
-                let mut flags = if *writable { VRING_DESC_F_WRITE } else { 0 };
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT;
-                }
-                RawDescriptor::from(SplitDescriptor::new(
-                    *addr,
-                    *len,
-                    flags as u16,
-                    start + i as u16 + 1,
-                ))
-            })
-            .collect();
+        let raw = crate::virtio::testing::chain(start, descs);
         self.mem
             .write_obj(0xeeu8, GuestAddress(STATUS_AT))
             .unwrap_or_else(|e| panic!("{e}"));

@@ -9,14 +9,15 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::handle::Channel;
-use super::queues::{chain_len, read_chain, write_chain};
+use super::queues::{chain_len, read_chain};
 use super::{
     AgentChannel, AGENT_PORT, AGENT_PORT_NAME, AGENT_RX, AGENT_TX, BUFFER_LIMIT, CONSOLE_PORT,
     CONTROL_BACKLOG, CONTROL_RX, CONTROL_TX, DEVICE_ADD, DEVICE_READY, DEVICE_TYPE, F_MULTIPORT,
     MAX_CHAIN, PORT0_TX, PORT_NAME, PORT_OPEN, PORT_READY, QUEUE_SIZE,
 };
 use crate::virtio::{
-    lock, read_config_bytes, ActivateError, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    lock, read_config_bytes, write_chain, ActivateError, Activation, Interrupt, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// The console device model.

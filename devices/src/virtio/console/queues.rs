@@ -49,27 +49,3 @@ pub(super) fn read_chain(
     }
     Some(done)
 }
-
-/// Writes `data` into a chain's device-writable descriptors; returns the bytes written
-/// (0 if the first descriptor is not writable or not in guest memory).
-pub(super) fn write_chain(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    data: &[u8],
-) -> usize {
-    let mut done = 0;
-    for desc in chain {
-        if !desc.is_write_only() || done == data.len() {
-            break;
-        }
-        let n = (desc.len() as usize).min(data.len() - done);
-        let Some(src) = data.get(done..done + n) else {
-            break;
-        };
-        if mem.write_slice(src, desc.addr()).is_err() {
-            break;
-        }
-        done += n;
-    }
-    done
-}

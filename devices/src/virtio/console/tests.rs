@@ -3,8 +3,6 @@
 
 use std::io::Read;
 
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -58,22 +56,7 @@ impl Rig<'_> {
     /// Offers one chain on queue `q`: descriptors of (addr, len, writable).
     fn offer(&mut self, q: usize, descs: &[(u64, u32, bool)]) {
         let start = self.next[q];
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, (addr, len, writable))| {
-                let mut flags = if *writable { VRING_DESC_F_WRITE } else { 0 };
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT;
-                }
-                RawDescriptor::from(SplitDescriptor::new(
-                    *addr,
-                    *len,
-                    flags as u16,
-                    start + i as u16 + 1,
-                ))
-            })
-            .collect();
+        let raw = crate::virtio::testing::chain(start, descs);
         self.queues[q]
             .add_desc_chains(&raw, start)
             .unwrap_or_else(|e| panic!("{e:?}"));

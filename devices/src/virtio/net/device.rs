@@ -13,7 +13,8 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use super::tap::Frames;
 use super::{DEVICE_TYPE, HEADER, MAX_FRAME, QUEUE_SIZE, RX, TX};
 use crate::virtio::{
-    read_config_bytes, ActivateError, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_bytes, write_chain, ActivateError, Activation, Interrupt, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 #[derive(Debug, Default)]
@@ -170,7 +171,7 @@ impl Net {
                 dst.copy_from_slice(&header);
             }
             let frame = self.buffer.get(..HEADER + len).unwrap_or_default();
-            let written = scatter(mem, chain, frame);
+            let written = write_chain(mem, chain, frame);
             if written == frame.len() {
                 bump(&self.counters.rx_frames, 1);
                 bump(&self.counters.rx_bytes, len as u64);
@@ -224,25 +225,6 @@ fn gather(
         done = end;
     }
     Some(done)
-}
-
-/// Writes `data` into a chain's device-writable descriptors; returns the bytes written.
-fn scatter(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>, data: &[u8]) -> usize {
-    let mut done = 0;
-    for desc in chain {
-        if !desc.is_write_only() || done == data.len() {
-            break;
-        }
-        let n = (desc.len() as usize).min(data.len() - done);
-        let Some(src) = data.get(done..done + n) else {
-            break;
-        };
-        if mem.write_slice(src, desc.addr()).is_err() {
-            break;
-        }
-        done += n;
-    }
-    done
 }
 
 impl VirtioDevice for Net {

@@ -65,22 +65,7 @@ impl Rig<'_> {
     /// Offers one chain of (addr, len, writable) on queue `q`.
     fn offer(&mut self, q: usize, descs: &[(u64, u32, bool)]) {
         let start = self.next[q];
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, (addr, len, writable))| {
-                let mut flags = if *writable { VRING_DESC_F_WRITE } else { 0 };
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT;
-                }
-                RawDescriptor::from(SplitDescriptor::new(
-                    *addr,
-                    *len,
-                    flags as u16,
-                    start + i as u16 + 1,
-                ))
-            })
-            .collect();
+        let raw = crate::virtio::testing::chain(start, descs);
         self.queues[q]
             .add_desc_chains(&raw, start)
             .unwrap_or_else(|e| panic!("{e:?}"));
