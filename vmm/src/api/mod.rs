@@ -671,19 +671,26 @@ fn violation_counter(vm: &VmHandle) -> String {
     out
 }
 
-/// A zone metric: its name, Prometheus type, help and how to read it.
-type ZoneMetric = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&crate::ZoneFigures) -> u64,
-);
+/// A metric family over rows of `R`: its name, Prometheus type, help and how to read a row.
+type Metric<R> = (&'static str, &'static str, &'static str, fn(&R) -> u64);
+
+/// Each family of `metrics` with one sample a row, labelled `labels(row)`.
+fn families<R>(rows: &[R], metrics: &[Metric<R>], labels: impl Fn(&R) -> String) -> String {
+    let mut out = String::new();
+    for (name, kind, help, value) in metrics {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for row in rows {
+            out.push_str(&format!("{name}{{{}}} {}\n", labels(row), value(row)));
+        }
+    }
+    out
+}
 
 /// Every zone's sizes, host-resident bytes and accesses to unplugged memory, labelled with
 /// the zoned partition it backs.
 fn zone_gauges(vm: &VmHandle) -> String {
     let zones = vm.zones();
-    let metrics: [ZoneMetric; 5] = [
+    let metrics: [Metric<crate::ZoneFigures>; 5] = [
         (
             "mempart_zone_size_bytes",
             "gauge",
@@ -715,140 +722,129 @@ fn zone_gauges(vm: &VmHandle) -> String {
             |z| z.violations,
         ),
     ];
-    let mut out = String::new();
-    for (name, kind, help, value) in metrics {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for z in &zones {
-            let partition = z
-                .partition
-                .as_ref()
-                .map(|p| format!(",partition=\"{}\"", label(p)))
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "{name}{{zone=\"{}\"{partition}}} {}\n",
-                label(&z.name),
-                value(z)
-            ));
-        }
-    }
-    out
+    families(&zones, &metrics, |z| {
+        let partition = z
+            .partition
+            .as_ref()
+            .map(|p| format!(",partition=\"{}\"", label(p)))
+            .unwrap_or_default();
+        format!("zone=\"{}\"{partition}", label(&z.name))
+    })
 }
-
-/// A disk counter: its name, help and how to read it.
-type DiskMetric = (
-    &'static str,
-    &'static str,
-    fn(&devices::virtio::block::BlockCounters) -> u64,
-);
 
 /// Every disk's request, byte and error counters, labelled with the disk's id.
 fn disk_counters(vm: &VmHandle) -> String {
-    let disks = vm.disks();
-    if disks.is_empty() {
+    use devices::virtio::block::{BlockCounters, DiskInfo};
+    let rows: Vec<(DiskInfo, BlockCounters)> = vm
+        .disks()
+        .into_iter()
+        .map(|d| {
+            let c = d.counters();
+            (d, c)
+        })
+        .collect();
+    if rows.is_empty() {
         return String::new();
     }
-    let counters: Vec<_> = disks.iter().map(|d| (d, d.counters())).collect();
-    let metrics: [DiskMetric; 7] = [
-        ("mempart_disk_reads_total", "Read requests served.", |c| {
-            c.reads
-        }),
+    const C: &str = "counter";
+    let metrics: [Metric<(DiskInfo, BlockCounters)>; 7] = [
+        (
+            "mempart_disk_reads_total",
+            C,
+            "Read requests served.",
+            |r| r.1.reads,
+        ),
         (
             "mempart_disk_read_bytes_total",
+            C,
             "Bytes read from the image.",
-            |c| c.read_bytes,
+            |r| r.1.read_bytes,
         ),
-        ("mempart_disk_writes_total", "Write requests served.", |c| {
-            c.writes
-        }),
+        (
+            "mempart_disk_writes_total",
+            C,
+            "Write requests served.",
+            |r| r.1.writes,
+        ),
         (
             "mempart_disk_write_bytes_total",
+            C,
             "Bytes written to the image.",
-            |c| c.write_bytes,
+            |r| r.1.write_bytes,
         ),
-        ("mempart_disk_flushes_total", "Flushes served.", |c| {
-            c.flushes
+        ("mempart_disk_flushes_total", C, "Flushes served.", |r| {
+            r.1.flushes
         }),
         (
             "mempart_disk_zeroings_total",
+            C,
             "Discard and write-zeroes requests served.",
-            |c| c.zeroings,
+            |r| r.1.zeroings,
         ),
         (
             "mempart_disk_errors_total",
+            C,
             "Requests answered with an error status.",
-            |c| c.errors,
+            |r| r.1.errors,
         ),
     ];
-    let mut out = String::new();
-    for (name, help, value) in metrics {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
-        for (d, c) in &counters {
-            out.push_str(&format!(
-                "{name}{{disk=\"{}\"}} {}\n",
-                label(&d.id),
-                value(c)
-            ));
-        }
-    }
-    out
+    families(&rows, &metrics, |r| format!("disk=\"{}\"", label(&r.0.id)))
 }
-
-/// A network counter: its name, help and how to read it.
-type NetMetric = (
-    &'static str,
-    &'static str,
-    fn(&devices::virtio::net::NetCounters) -> u64,
-);
 
 /// Every network device's frame, byte and drop counters, labelled with its tap.
 fn net_counters(vm: &VmHandle) -> String {
-    let nets = vm.nets();
-    if nets.is_empty() {
+    use devices::virtio::net::{NetCounters, NetInfo};
+    let rows: Vec<(NetInfo, NetCounters)> = vm
+        .nets()
+        .into_iter()
+        .map(|n| {
+            let c = n.counters();
+            (n, c)
+        })
+        .collect();
+    if rows.is_empty() {
         return String::new();
     }
-    let counters: Vec<_> = nets.iter().map(|n| (n, n.counters())).collect();
-    let metrics: [NetMetric; 6] = [
+    const C: &str = "counter";
+    let metrics: [Metric<(NetInfo, NetCounters)>; 6] = [
         (
             "mempart_net_rx_frames_total",
+            C,
             "Frames delivered to the guest.",
-            |c| c.rx_frames,
+            |r| r.1.rx_frames,
         ),
         (
             "mempart_net_rx_bytes_total",
+            C,
             "Bytes delivered to the guest.",
-            |c| c.rx_bytes,
+            |r| r.1.rx_bytes,
         ),
         (
             "mempart_net_rx_dropped_total",
+            C,
             "Frames that did not fit the guest's buffer.",
-            |c| c.rx_dropped,
+            |r| r.1.rx_dropped,
         ),
         (
             "mempart_net_tx_frames_total",
+            C,
             "Frames the guest sent.",
-            |c| c.tx_frames,
+            |r| r.1.tx_frames,
         ),
-        ("mempart_net_tx_bytes_total", "Bytes the guest sent.", |c| {
-            c.tx_bytes
-        }),
+        (
+            "mempart_net_tx_bytes_total",
+            C,
+            "Bytes the guest sent.",
+            |r| r.1.tx_bytes,
+        ),
         (
             "mempart_net_tx_dropped_total",
+            C,
             "Frames from the guest that were malformed or refused.",
-            |c| c.tx_dropped,
+            |r| r.1.tx_dropped,
         ),
     ];
-    let mut out = String::new();
-    for (name, help, value) in metrics {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
-        for (n, c) in &counters {
-            out.push_str(&format!(
-                "{name}{{tap=\"{}\"}} {}\n",
-                label(&n.id),
-                value(c)
-            ));
-        }
-    }
-    out
+    families(&rows, &metrics, |r| format!("tap=\"{}\"", label(&r.0.id)))
 }
 
 /// Every class and partition as Prometheus gauges.
