@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod reclaim;
 pub mod service;
+pub mod startup;
 pub mod vm;
 
 pub use config::{SerialOut, VmConfig};

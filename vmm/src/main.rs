@@ -61,12 +61,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    vmm::startup::mark("main");
     let cli = Cli::parse();
-    match run(cli) {
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mempart-vmm: error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    vmm::startup::mark("exiting");
+    code
 }

@@ -141,6 +141,65 @@ fn a_clean_guest_exits_0_and_a_crashing_one_3() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("guest stopped"));
 }
 
+#[test]
+fn the_startup_trace_names_each_step_in_order_and_is_off_by_default() {
+    if !kvm_available() {
+        return;
+    }
+    let bench = guest("bench");
+    let args = ["run", "--kernel", bench.to_str().expect("utf-8")];
+    let quiet = vmm(&args);
+    assert_eq!(quiet.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("startup"));
+
+    let spawned = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after the epoch")
+        .as_nanos();
+    let out = Command::new(VMM)
+        .args(args)
+        .env("MEMPART_STARTUP_TRACE", "1")
+        .env("MEMPART_SPAWN_NS", spawned.to_string())
+        .output()
+        .expect("mempart-vmm runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(quiet.stdout, out.stdout, "the trace stays off the console");
+    let steps: Vec<(f64, &str)> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("mempart-vmm: startup"))
+        .map(|l| {
+            let (ms, step) = l.trim_start().split_once(" ms  ").expect("time, step");
+            (ms.parse().expect("milliseconds"), step)
+        })
+        .collect();
+    let names: Vec<&str> = steps.iter().map(|(_, step)| *step).collect();
+    assert_eq!(
+        names,
+        [
+            "main",
+            "arguments parsed",
+            "VM created",
+            "memory registered",
+            "interrupt controllers created",
+            "kernel loaded",
+            "device back-ends opened",
+            "devices attached, boot structures written",
+            "vCPUs created",
+            "vCPU 0 thread running",
+            "first guest exit (POST port)",
+            "guest exit seen by the event loop",
+            "threads joined",
+            "exiting",
+        ],
+        "{stderr}"
+    );
+    assert!(
+        steps.windows(2).all(|w| w[0].0 <= w[1].0),
+        "times go forward from the spawn: {stderr}"
+    );
+}
+
 /// Runs `check` on a topology written to `name`, with one class.
 fn check(name: &str, topology: &str, class: &str) -> Output {
     let path = tmp(name);

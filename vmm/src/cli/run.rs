@@ -195,6 +195,7 @@ pub fn boot(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (report, api_sock) = (run.report, run.api_sock.clone());
     let effective = serde_json::to_value(&run)?;
     let started = std::time::Instant::now();
+    vmm::startup::mark("arguments parsed");
     let vm = Vm::new(config)?;
     let handle = vm.handle();
     let api = match &api_sock {
