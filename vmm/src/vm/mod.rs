@@ -278,6 +278,7 @@ struct Shared {
     stop: AtomicBool,
     sysram: Sysram,
     post_seen: AtomicBool,
+    exits: Mutex<ExitCounts>,
     devices: Vec<(u64, Arc<Mutex<MmioTransport>>)>,
     balloon: BalloonHandle,
     reclaimer: Reclaimer,
@@ -625,6 +626,7 @@ impl Vm {
                 stop: AtomicBool::new(false),
                 sysram,
                 post_seen: AtomicBool::new(false),
+                exits: Mutex::default(),
                 devices,
                 balloon: balloon_handle,
                 reclaimer,
@@ -701,10 +703,12 @@ impl Vm {
                     if index == 0 {
                         startup::mark("vCPU 0 thread running");
                     }
-                    if let Some(exit) = run_vcpu(vcpu, &shared) {
+                    let mut counts = ExitCounts::default();
+                    if let Some(exit) = run_vcpu(vcpu, &shared, &mut counts) {
                         lock(&shared.exit).get_or_insert(exit);
                         let _ = shared.exit_event.write(1);
                     }
+                    lock(&shared.exits).add(&counts);
                     let _ = done.send(index);
                 })
                 .map_err(VmError::Thread)?;
@@ -752,6 +756,9 @@ impl Vm {
             let _ = thread.join();
         }
         startup::mark("threads joined");
+        if startup::enabled() {
+            startup::mark(&format!("vCPU exits: {}", lock(&self.shared.exits)));
+        }
         Ok(exit)
     }
 }
@@ -993,7 +1000,37 @@ impl MutEventSubscriber for QueueNotifier {
 }
 
 /// Runs one vCPU until it reports a VM exit or the VM stops.
-fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared) -> Option<VmExit> {
+/// How often a vCPU left the guest, by reason: what running the guest cost the VMM.
+#[derive(Debug, Default, Clone, Copy)]
+struct ExitCounts {
+    port_writes: u64,
+    port_reads: u64,
+    mmio_reads: u64,
+    mmio_writes: u64,
+    halts: u64,
+}
+
+impl ExitCounts {
+    fn add(&mut self, other: &ExitCounts) {
+        self.port_writes += other.port_writes;
+        self.port_reads += other.port_reads;
+        self.mmio_reads += other.mmio_reads;
+        self.mmio_writes += other.mmio_writes;
+        self.halts += other.halts;
+    }
+}
+
+impl std::fmt::Display for ExitCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} port writes, {} port reads, {} MMIO reads, {} MMIO writes, {} halts",
+            self.port_writes, self.port_reads, self.mmio_reads, self.mmio_writes, self.halts
+        )
+    }
+}
+
+fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared, counts: &mut ExitCounts) -> Option<VmExit> {
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return None;
@@ -1005,12 +1042,17 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared) -> Option<VmExit> {
         };
         match exit {
             VcpuExit::IoOut(port, data) => {
+                counts.port_writes += 1;
                 if let Some(exit) = io_out(shared, port, data) {
                     return Some(exit);
                 }
             }
-            VcpuExit::IoIn(port, data) => io_in(shared, port, data),
+            VcpuExit::IoIn(port, data) => {
+                counts.port_reads += 1;
+                io_in(shared, port, data);
+            }
             VcpuExit::MmioRead(gpa, data) => {
+                counts.mmio_reads += 1;
                 if let Some((base, transport)) = device_at(shared, gpa) {
                     lock(transport).read(gpa - base, data);
                 } else {
@@ -1019,13 +1061,14 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared) -> Option<VmExit> {
                 }
             }
             VcpuExit::MmioWrite(gpa, data) => {
+                counts.mmio_writes += 1;
                 if let Some((base, transport)) = device_at(shared, gpa) {
                     lock(transport).write(gpa - base, data);
                 } else {
                     mmio(shared, gpa, true);
                 }
             }
-            VcpuExit::Hlt => {}
+            VcpuExit::Hlt => counts.halts += 1,
             VcpuExit::Shutdown => return Some(VmExit::TripleFault),
             VcpuExit::SystemEvent(kind, _) => return Some(VmExit::SystemEvent(kind)),
             VcpuExit::InternalError => {
