@@ -452,12 +452,9 @@ impl Vm {
         let initrd = match &config.initrd {
             Some(path) => {
                 let low_end = sysram.ranges.first().map_or(0, |(b, l)| b + l);
-                Some(boot::load_initrd(
-                    &sysram.memory,
-                    path,
-                    low_end,
-                    kernel.end,
-                )?)
+                let initrd = boot::load_initrd(&sysram.memory, path, low_end, kernel.end)?;
+                startup::mark("initramfs loaded");
+                Some(initrd)
             }
             None => None,
         };
