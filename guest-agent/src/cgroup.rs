@@ -60,8 +60,14 @@ pub struct CgroupMirror {
 /// The node everything but zoned partitions lives on.
 const HOME_NODE: u32 = 0;
 
-/// Sets a control file's value (replacing it in a look-alike directory).
+/// Sets a control file's value (replacing it in a look-alike directory). A file that
+/// already reads `text` is left alone: the mirror is applied again on every change, and
+/// rewriting an unchanged value would cost a write and, in a look-alike directory, leave
+/// the file empty for a moment while it is truncated.
 fn write_file(path: &Path, text: &str) -> io::Result<()> {
+    if fs::read_to_string(path).is_ok_and(|current| current == text) {
+        return Ok(());
+    }
     let mut f = OpenOptions::new()
         .create(true)
         .write(true)
@@ -393,6 +399,35 @@ impl CgroupMirror {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unchanged_value_is_not_rewritten_and_a_changed_one_is() {
+        let dir = std::env::temp_dir().join(format!("mempart-write-file-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("memory.max");
+        fs::write(&path, "1048576\n").unwrap_or_else(|e| panic!("{e}"));
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let file = fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{e}"));
+        file.set_modified(old).unwrap_or_else(|e| panic!("{e}"));
+        let modified = || {
+            fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+
+        write_file(&path, "1048576\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(modified(), old, "the same value left the file untouched");
+        write_file(&path, "max\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(modified(), old);
+        assert_eq!(
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}")),
+            "max\n"
+        );
+        fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    }
 
     /// A partition at `rel` with a 64 MiB max and these processes.
     fn node(rel: &str, pids: Vec<u32>) -> Node {
