@@ -181,7 +181,7 @@ fn the_startup_trace_names_each_step_in_order_and_is_off_by_default() {
             "arguments parsed",
             "VM created",
             "memory registered",
-            "interrupt controllers created",
+            "split irqchip enabled",
             "kernel loaded",
             "device back-ends opened",
             "devices attached, boot structures written",

@@ -1,5 +1,5 @@
 //! KVM tests with tiny freestanding guests: serial, typed memory grants and revokes,
-//! violations, two vCPUs and exit codes. They need /dev/kvm and gcc.
+//! violations, two vCPUs, interrupts through the I/O APIC and exit codes. They need /dev/kvm and gcc.
 
 // Test helpers fail the test loudly with the reason.
 #![allow(clippy::expect_used)]
@@ -105,6 +105,26 @@ fn two_vcpus_both_run() {
         .expect("mailbox");
     let exit = vm.run().expect("vm ran");
     assert_eq!(next_line(&rx), "guest: cpus seen 0x0000000000000003");
+    assert_eq!(exit, VmExit::Reset);
+}
+
+/// The guest routes the serial port's pin through the VMM's I/O APIC to one vector, takes
+/// the UART's interrupt there, re-routes the pin and takes it on the new vector: each
+/// redirection entry the guest writes reaches KVM as that pin's route.
+#[test]
+fn the_serial_interrupt_arrives_on_the_vector_the_guest_routed_it_to() {
+    if !kvm_available() {
+        return;
+    }
+    let (config, rx) = config(guest("irq"), 1, &["sysram=32M"]);
+    let running = std::thread::spawn(move || Vm::new(config).expect("vm").run());
+    // Version 0x11 with 24 pins (highest index 23 in bits 16-23).
+    assert_eq!(next_line(&rx), "irq: ioapic version 0x0000000000170011");
+    assert_eq!(
+        next_line(&rx),
+        "irq: taken 0x0000000000000001 0x0000000000000001"
+    );
+    let exit = running.join().expect("vm thread").expect("vm ran");
     assert_eq!(exit, VmExit::Reset);
 }
 

@@ -34,8 +34,8 @@ const S5_TYPE: u8 = 5;
 const SLEEP_ENABLE: u8 = 1 << 5;
 /// Where the local APICs are.
 const LAPIC_ADDR: u32 = 0xfee0_0000;
-/// Where KVM's I/O APIC is.
-const IOAPIC_ADDR: u32 = 0xfec0_0000;
+/// Where the guest's I/O APIC is (emulated in the VMM, ioapic.rs).
+const IOAPIC_ADDR: u32 = super::ioapic::IOAPIC_BASE as u32;
 /// Local APIC ids are a byte in the MADT entries used here.
 pub const MAX_CPUS: u32 = 255;
 /// IA-PC boot architecture flags: no VGA, no MSI, no CMOS clock (nothing to probe).

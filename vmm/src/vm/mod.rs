@@ -5,6 +5,7 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod ioapic;
 pub mod memory;
 pub mod violations;
 pub mod zones;
@@ -26,8 +27,8 @@ use devices::virtio::net::{Net, NetInfo, Tap, TapError};
 use devices::virtio::{Interrupt, VirtioDevice};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
-    kvm_mp_state, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_enable_cap, kvm_mp_state, KvmIrqRouting, KVM_CAP_SPLIT_IRQCHIP, KVM_MAX_CPUID_ENTRIES,
+    KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use mempart::topology::Topology;
@@ -43,6 +44,7 @@ use crate::reclaim::Reclaimer;
 use crate::service::{Authority, PartitionService, ZoneMeasure, ZoneMeter};
 use crate::startup;
 use boot::{BootError, EMULATED_KERNEL_ARGS};
+use ioapic::{Ioapic, IOAPIC_BASE, IOAPIC_PINS, IOAPIC_WINDOW};
 use memory::{class_bases, ClassRegion, MemoryError, Sysram, CLASS_ALIGN};
 use violations::{LogLine, Violation, ViolationLog};
 use zones::{SlotPool, Zone, ZoneFollower, ZONE_SLOTS};
@@ -265,6 +267,7 @@ type SerialConsole = Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Wr
 struct Shared {
     vm: Arc<VmFd>,
     serial: Mutex<SerialConsole>,
+    ioapic: Mutex<Ioapic>,
     classes: Mutex<Vec<ClassRegion>>,
     engine: Arc<Mutex<Engine>>,
     service: PartitionService,
@@ -438,14 +441,14 @@ impl Vm {
         // scripts/bench-boot's bare-KVM floor), which this order keeps off the start path.
         vm.set_tss_address(TSS_ADDRESS)
             .map_err(ioctl("the TSS address"))?;
-        vm.create_irq_chip()
-            .map_err(ioctl("the interrupt controllers"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
+        let split_irqchip = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
+            args: [IOAPIC_PINS as u64, 0, 0, 0],
             ..Default::default()
         };
-        vm.create_pit2(pit).map_err(ioctl("the PIT"))?;
-        startup::mark("interrupt controllers created");
+        vm.enable_cap(&split_irqchip)
+            .map_err(ioctl("the split irqchip (local APICs in the kernel)"))?;
+        startup::mark("split irqchip enabled");
 
         let kernel = boot::load_kernel(&sysram.memory, &config.kernel)?;
         startup::mark("kernel loaded");
@@ -610,6 +613,7 @@ impl Vm {
             shared: Arc::new(Shared {
                 vm,
                 serial: Mutex::new(Serial::new(IrqTrigger(serial_irq), out)),
+                ioapic: Mutex::default(),
                 classes: Mutex::new(regions),
                 service,
                 engine,
@@ -1050,7 +1054,9 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared, counts: &mut ExitCounts) -> Optio
             }
             VcpuExit::MmioRead(gpa, data) => {
                 counts.mmio_reads += 1;
-                if let Some((base, transport)) = device_at(shared, gpa) {
+                if let Some(offset) = ioapic_offset(gpa) {
+                    lock(&shared.ioapic).read(offset, data);
+                } else if let Some((base, transport)) = device_at(shared, gpa) {
                     lock(transport).read(gpa - base, data);
                 } else {
                     data.fill(0xff);
@@ -1059,13 +1065,17 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared, counts: &mut ExitCounts) -> Optio
             }
             VcpuExit::MmioWrite(gpa, data) => {
                 counts.mmio_writes += 1;
-                if let Some((base, transport)) = device_at(shared, gpa) {
+                if let Some(offset) = ioapic_offset(gpa) {
+                    ioapic_write(shared, offset, data);
+                } else if let Some((base, transport)) = device_at(shared, gpa) {
                     lock(transport).write(gpa - base, data);
                 } else {
                     mmio(shared, gpa, true);
                 }
             }
             VcpuExit::Hlt => counts.halts += 1,
+            // Routes are edge-triggered, so KVM asks for no EOI; one would need no action.
+            VcpuExit::IoapicEoi(_) => {}
             VcpuExit::Shutdown => return Some(VmExit::TripleFault),
             VcpuExit::SystemEvent(kind, _) => return Some(VmExit::SystemEvent(kind)),
             VcpuExit::InternalError => {
@@ -1080,6 +1090,28 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared, counts: &mut ExitCounts) -> Optio
             }
             other => return Some(VmExit::Crash(format!("unexpected exit {other:?}"))),
         }
+    }
+}
+
+/// The offset of `gpa` in the I/O APIC's register window.
+fn ioapic_offset(gpa: u64) -> Option<u64> {
+    gpa.checked_sub(IOAPIC_BASE)
+        .filter(|offset| *offset < IOAPIC_WINDOW)
+}
+
+/// A guest write to the I/O APIC; a changed redirection entry replaces KVM's routes while
+/// the lock is held, so two vCPUs' changes reach KVM in the order they were made.
+fn ioapic_write(shared: &Shared, offset: u64, data: &[u8]) {
+    let mut ioapic = lock(&shared.ioapic);
+    if !ioapic.write(offset, data) {
+        return;
+    }
+    let routes: Vec<_> = ioapic.routes().into_iter().map(|r| r.to_kvm()).collect();
+    let applied = KvmIrqRouting::from_entries(&routes)
+        .map_err(|e| format!("{e:?}"))
+        .and_then(|table| shared.vm.set_gsi_routing(&table).map_err(|e| e.to_string()));
+    if let Err(e) = applied {
+        eprintln!("mempart-vmm: the guest's interrupt routes could not be set: {e}");
     }
 }
 
