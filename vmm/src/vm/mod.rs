@@ -282,7 +282,7 @@ struct Shared {
     sysram: Sysram,
     post_seen: AtomicBool,
     exits: Mutex<ExitCounts>,
-    devices: Vec<(u64, Arc<Mutex<MmioTransport>>)>,
+    devices: Vec<MmioDevice>,
     balloon: BalloonHandle,
     reclaimer: Reclaimer,
     agent: AgentChannel,
@@ -494,13 +494,13 @@ impl Vm {
         for (i, device) in boxed.into_iter().enumerate() {
             let base = VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW;
             let irq_line = FIRST_DEVICE_IRQ + i as u32;
-            let (transport, notifier) = attach(&vm, device, &sysram, base, irq_line)?;
+            let (device, notifier) = attach(&vm, device, &sysram, base, irq_line)?;
             announced.push(acpi::MmioDevice {
                 base,
                 len: MMIO_WINDOW,
                 irq: irq_line,
             });
-            devices.push((base, transport));
+            devices.push(device);
             notifiers.push(notifier);
         }
         if kernel.linux {
@@ -897,22 +897,20 @@ fn attach(
     sysram: &Sysram,
     base: u64,
     irq_line: u32,
-) -> Result<(Arc<Mutex<MmioTransport>>, QueueNotifier), VmError> {
-    let ioctl = |what| move |source| VmError::Ioctl { what, source };
+) -> Result<(MmioDevice, QueueNotifier), VmError> {
     let eventfd = || EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd);
     let irq = eventfd()?;
     vm.register_irqfd(&irq, irq_line)
-        .map_err(ioctl("a device interrupt"))?;
+        .map_err(|source| VmError::Ioctl {
+            what: "a device interrupt",
+            source,
+        })?;
     let transport = MmioTransport::new(device, sysram.memory.clone(), Interrupt::new(irq));
     let mut fds = Vec::new();
-    for queue in 0..transport.queue_count() {
+    let mut pending = Vec::new();
+    for _ in 0..transport.queue_count() {
         let fd = eventfd()?;
-        vm.register_ioevent(
-            &fd,
-            &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY),
-            queue as u32,
-        )
-        .map_err(ioctl("a queue notification"))?;
+        pending.push(fd.try_clone().map_err(VmError::EventFd)?);
         fds.push(fd);
     }
     let backend = transport
@@ -927,7 +925,63 @@ fn attach(
         backend,
         backend_fd,
     };
-    Ok((transport, notifier))
+    let device = MmioDevice {
+        base,
+        transport,
+        notifications: Mutex::new(Notifications {
+            fds: pending,
+            registered: false,
+        }),
+    };
+    Ok((device, notifier))
+}
+
+/// A virtio device on the MMIO bus, as the vCPUs reach it.
+struct MmioDevice {
+    base: u64,
+    transport: Arc<Mutex<MmioTransport>>,
+    notifications: Mutex<Notifications>,
+}
+
+/// A device's queue-notification eventfds (the event loop watches the same files). They
+/// are registered with KVM as ioeventfds at the guest's first notification, which reaches
+/// the VMM as an MMIO exit: KVM frees its I/O bus a grace period after each registration
+/// and destroying the VM waits for that, about 12 ms on kvm_pvm, so a device the guest
+/// never drives costs nothing at exit.
+struct Notifications {
+    fds: Vec<EventFd>,
+    registered: bool,
+}
+
+impl MmioDevice {
+    /// Hands a notification that exited to the VMM to the event loop, registering the
+    /// device's ioeventfds the first time; false when `data` names no queue.
+    fn notify_by_exit(&self, vm: &VmFd, data: &[u8]) -> bool {
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return false;
+        };
+        let queue = u32::from_le_bytes(bytes);
+        let mut notifications = lock(&self.notifications);
+        let Some(fd) = notifications.fds.get(queue as usize) else {
+            return false;
+        };
+        let _ = fd.write(1);
+        if !notifications.registered {
+            notifications.registered = true;
+            let address = IoEventAddress::Mmio(self.base + REG_QUEUE_NOTIFY);
+            for (index, fd) in (0u32..).zip(&notifications.fds) {
+                // A queue left unregistered keeps working through this exit.
+                if let Err(e) = vm.register_ioevent(fd, &address, index) {
+                    eprintln!(
+                        "mempart-vmm: queue {index} of the device at 0x{:x}: no ioeventfd ({e}); \
+                         its notifications exit to the VMM",
+                        self.base
+                    );
+                }
+            }
+        }
+        true
+    }
 }
 
 /// Ends the event loop when a vCPU reports why the VM stopped.
@@ -1056,8 +1110,8 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared, counts: &mut ExitCounts) -> Optio
                 counts.mmio_reads += 1;
                 if let Some(offset) = ioapic_offset(gpa) {
                     lock(&shared.ioapic).read(offset, data);
-                } else if let Some((base, transport)) = device_at(shared, gpa) {
-                    lock(transport).read(gpa - base, data);
+                } else if let Some(device) = device_at(shared, gpa) {
+                    lock(&device.transport).read(gpa - device.base, data);
                 } else {
                     data.fill(0xff);
                     mmio(shared, gpa, false);
@@ -1067,8 +1121,11 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared, counts: &mut ExitCounts) -> Optio
                 counts.mmio_writes += 1;
                 if let Some(offset) = ioapic_offset(gpa) {
                     ioapic_write(shared, offset, data);
-                } else if let Some((base, transport)) = device_at(shared, gpa) {
-                    lock(transport).write(gpa - base, data);
+                } else if let Some(device) = device_at(shared, gpa) {
+                    let offset = gpa - device.base;
+                    if offset != REG_QUEUE_NOTIFY || !device.notify_by_exit(&shared.vm, data) {
+                        lock(&device.transport).write(offset, data);
+                    }
                 } else {
                     mmio(shared, gpa, true);
                 }
@@ -1116,12 +1173,11 @@ fn ioapic_write(shared: &Shared, offset: u64, data: &[u8]) {
 }
 
 /// The virtio device whose register window holds `gpa`.
-fn device_at(shared: &Shared, gpa: u64) -> Option<(u64, &Mutex<MmioTransport>)> {
+fn device_at(shared: &Shared, gpa: u64) -> Option<&MmioDevice> {
     shared
         .devices
         .iter()
-        .find(|(base, _)| gpa >= *base && gpa - base < MMIO_WINDOW)
-        .map(|(base, t)| (*base, t.as_ref()))
+        .find(|d| gpa >= d.base && gpa - d.base < MMIO_WINDOW)
 }
 
 fn io_out(shared: &Shared, port: u16, data: &[u8]) -> Option<VmExit> {
