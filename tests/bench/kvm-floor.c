@@ -5,16 +5,18 @@
  * process ends. With "irqchip" it also creates the in-kernel PIC, I/O APIC and PIT
  * (as Firecracker and QEMU do); with "split" only the in-kernel local APICs, KVM's split
  * irqchip (as mempart-vmm does, emulating the I/O APIC itself). Either comes after the
- * memory, as in mempart-vmm.
+ * memory, as in mempart-vmm. With "ioeventfd" it registers one queue-notification
+ * ioeventfd, as a VMM does for a virtio-mmio device.
  *
- * Usage: kvm-floor [irqchip|split] [-v]    (-v prints each step's time, closing the VM
- * fd itself to time its teardown)
+ * Usage: kvm-floor [irqchip|split] [ioeventfd] [-v]    (-v prints each step's time,
+ * closing the VM fd itself to time its teardown)
  * Exit status: 0 after the reset exit, 1 on any failure (named on stderr). */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -25,6 +27,7 @@
 #define I8042_COMMAND 0x64
 #define TSS_ADDR 0xfffbd000
 #define IOAPIC_PINS 24
+#define QUEUE_NOTIFY 0xd0000050
 
 static double ms_now(void)
 {
@@ -44,7 +47,7 @@ int main(int argc, char **argv)
 {
 	/* mov al, 0xfe; out 0x64, al: the i8042's reset command. */
 	static const unsigned char code[] = { 0xb0, 0xfe, 0xe6, I8042_COMMAND };
-	int irqchip = 0, split = 0, verbose = 0;
+	int irqchip = 0, split = 0, ioeventfd = 0, verbose = 0;
 	double t[6];
 
 	for (int i = 1; i < argc; i++) {
@@ -52,6 +55,8 @@ int main(int argc, char **argv)
 			irqchip = 1;
 		else if (!strcmp(argv[i], "split"))
 			split = 1;
+		else if (!strcmp(argv[i], "ioeventfd"))
+			ioeventfd = 1;
 		else if (!strcmp(argv[i], "-v"))
 			verbose = 1;
 		else {
@@ -96,6 +101,13 @@ int main(int argc, char **argv)
 
 		if (ioctl(vm, KVM_SET_TSS_ADDR, TSS_ADDR) || ioctl(vm, KVM_ENABLE_CAP, &cap))
 			return fail("split irqchip");
+	}
+	if (ioeventfd) {
+		struct kvm_ioeventfd notify = { .addr = QUEUE_NOTIFY, .len = 4,
+						.fd = eventfd(0, EFD_CLOEXEC) };
+
+		if (notify.fd < 0 || ioctl(vm, KVM_IOEVENTFD, &notify))
+			return fail("KVM_IOEVENTFD");
 	}
 
 	t[2] = ms_now();
