@@ -436,9 +436,9 @@ impl Vm {
             .next_multiple_of(CLASS_ALIGN);
         let (zones, zone_devices, zones_end) = zones::build(&zone_specs, zones_start, &vm, &slots)?;
         startup::mark("memory registered");
-        // After the memory: the first memory-slot change after the interrupt controllers
-        // exist waits out a KVM grace period (about a host timer tick, measured by
-        // scripts/bench-boot's bare-KVM floor), which this order keeps off the start path.
+        // After the memory: with an in-kernel irqchip, the first memory-slot change waited
+        // out a KVM grace period (about a host timer tick on kvm_pvm, measured with the
+        // full irqchip); this order keeps any such wait off the start path.
         vm.set_tss_address(TSS_ADDRESS)
             .map_err(ioctl("the TSS address"))?;
         let split_irqchip = kvm_enable_cap {
