@@ -10,4 +10,4 @@ pub mod vm;
 
 pub use config::{SerialOut, VmConfig};
 pub use vm::violations::Violation;
-pub use vm::{Backend, Vm, VmError, VmExit, VmHandle, ZoneFigures};
+pub use vm::{Backend, ExitCounts, Vm, VmError, VmExit, VmHandle, ZoneFigures};

@@ -191,7 +191,7 @@ fn the_startup_trace_names_each_step_in_order_and_is_off_by_default() {
             "guest exit seen by the event loop",
             "threads joined",
             // The guest's writes: its POST mark, 19 characters, the reset.
-            "vCPU exits: 21 port writes, 0 port reads, 0 MMIO reads, 0 MMIO writes, 0 halts",
+            "vCPU exits: 21 port writes, 0 port reads, 0 MMIO reads, 0 MMIO writes (0 queue notifications), 0 halts",
             "exiting",
         ],
         "{stderr}"

@@ -56,9 +56,9 @@ impl Ioapic {
             (REG_WINDOW, 4) => self.register(self.select),
             _ => 0,
         };
-        let bytes = value.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = bytes.get(i).copied().unwrap_or(0);
+        data.fill(0);
+        if let Ok(register) = <&mut [u8; 4]>::try_from(data) {
+            *register = value.to_le_bytes();
         }
     }
 

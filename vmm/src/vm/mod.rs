@@ -1054,15 +1054,22 @@ impl MutEventSubscriber for QueueNotifier {
     }
 }
 
-/// Runs one vCPU until it reports a VM exit or the VM stops.
 /// How often a vCPU left the guest, by reason: what running the guest cost the VMM.
-#[derive(Debug, Default, Clone, Copy)]
-struct ExitCounts {
-    port_writes: u64,
-    port_reads: u64,
-    mmio_reads: u64,
-    mmio_writes: u64,
-    halts: u64,
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExitCounts {
+    /// Port writes.
+    pub port_writes: u64,
+    /// Port reads.
+    pub port_reads: u64,
+    /// MMIO reads.
+    pub mmio_reads: u64,
+    /// MMIO writes.
+    pub mmio_writes: u64,
+    /// Of the MMIO writes, queue notifications: a device's first, before its ioeventfds
+    /// are registered (more only if a registration failed).
+    pub notify_exits: u64,
+    /// Halts.
+    pub halts: u64,
 }
 
 impl ExitCounts {
@@ -1071,6 +1078,7 @@ impl ExitCounts {
         self.port_reads += other.port_reads;
         self.mmio_reads += other.mmio_reads;
         self.mmio_writes += other.mmio_writes;
+        self.notify_exits += other.notify_exits;
         self.halts += other.halts;
     }
 }
@@ -1079,12 +1087,19 @@ impl std::fmt::Display for ExitCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} port writes, {} port reads, {} MMIO reads, {} MMIO writes, {} halts",
-            self.port_writes, self.port_reads, self.mmio_reads, self.mmio_writes, self.halts
+            "{} port writes, {} port reads, {} MMIO reads, {} MMIO writes ({} queue \
+             notifications), {} halts",
+            self.port_writes,
+            self.port_reads,
+            self.mmio_reads,
+            self.mmio_writes,
+            self.notify_exits,
+            self.halts
         )
     }
 }
 
+/// Runs one vCPU until it reports a VM exit or the VM stops.
 fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared, counts: &mut ExitCounts) -> Option<VmExit> {
     loop {
         if shared.stop.load(Ordering::SeqCst) {
@@ -1123,7 +1138,9 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: &Shared, counts: &mut ExitCounts) -> Optio
                     ioapic_write(shared, offset, data);
                 } else if let Some(device) = device_at(shared, gpa) {
                     let offset = gpa - device.base;
-                    if offset != REG_QUEUE_NOTIFY || !device.notify_by_exit(&shared.vm, data) {
+                    if offset == REG_QUEUE_NOTIFY && device.notify_by_exit(&shared.vm, data) {
+                        counts.notify_exits += 1;
+                    } else {
                         lock(&device.transport).write(offset, data);
                     }
                 } else {
@@ -1438,6 +1455,11 @@ impl VmHandle {
     /// The VMM's end of the agent channel (the console's `org.mempart.agent.0` port).
     pub fn agent(&self) -> &AgentChannel {
         &self.shared.agent
+    }
+
+    /// The vCPUs' exits by reason, counted once each vCPU thread has ended.
+    pub fn exit_counts(&self) -> ExitCounts {
+        *lock(&self.shared.exits)
     }
 
     /// The latest violations, oldest first (at most [`RECENT_VIOLATIONS`]).
