@@ -957,25 +957,33 @@ impl MmioDevice {
     /// Hands a notification that exited to the VMM to the event loop, registering the
     /// device's ioeventfds the first time; false when `data` names no queue.
     fn notify_by_exit(&self, vm: &VmFd, data: &[u8]) -> bool {
+        lock(&self.notifications).notify(vm, self.base + REG_QUEUE_NOTIFY, data)
+    }
+}
+
+impl Notifications {
+    /// Signals the queue `data` names and, the first time, registers every queue's
+    /// eventfd at `address`; false when `data` names no queue.
+    fn notify(&mut self, vm: &VmFd, address: u64, data: &[u8]) -> bool {
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             return false;
         };
         let queue = u32::from_le_bytes(bytes);
-        let mut notifications = lock(&self.notifications);
-        let Some(fd) = notifications.fds.get(queue as usize) else {
+        let Some(fd) = self.fds.get(queue as usize) else {
             return false;
         };
-        let _ = fd.write(1);
-        if !notifications.registered {
-            notifications.registered = true;
-            let address = IoEventAddress::Mmio(self.base + REG_QUEUE_NOTIFY);
-            for (index, fd) in (0u32..).zip(&notifications.fds) {
+        if let Err(e) = fd.write(1) {
+            eprintln!("mempart-vmm: queue {queue} at 0x{address:x}: notification lost ({e})");
+        }
+        if !self.registered {
+            self.registered = true;
+            let at = IoEventAddress::Mmio(address);
+            for (index, fd) in (0u32..).zip(&self.fds) {
                 // A queue left unregistered keeps working through this exit.
-                if let Err(e) = vm.register_ioevent(fd, &address, index) {
+                if let Err(e) = vm.register_ioevent(fd, &at, index) {
                     eprintln!(
-                        "mempart-vmm: queue {index} of the device at 0x{:x}: no ioeventfd ({e}); \
-                         its notifications exit to the VMM",
-                        self.base
+                        "mempart-vmm: queue {index} notified at 0x{address:x}: no ioeventfd \
+                         ({e}); its notifications exit to the VMM"
                     );
                 }
             }
@@ -1544,5 +1552,65 @@ impl VmHandle {
     /// Runs `f` on the partition engine.
     pub fn with_engine<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> T {
         f(&mut lock(&self.shared.engine))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOTIFY_AT: u64 = 0xd000_0050;
+
+    fn queues(count: usize) -> Notifications {
+        let fds = (0..count)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+            .collect();
+        Notifications {
+            fds,
+            registered: false,
+        }
+    }
+
+    #[test]
+    fn a_queue_whose_ioeventfd_cannot_be_registered_is_still_notified_through_exits() {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("skipped: /dev/kvm is not available");
+            return;
+        };
+        let vm = kvm.create_vm().unwrap();
+        let at = IoEventAddress::Mmio(NOTIFY_AT);
+        // Another eventfd already holds queue 0's match, so its registration fails.
+        let squatter = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        vm.register_ioevent(&squatter, &at, 0u32).unwrap();
+        let mut notifications = queues(2);
+
+        assert!(notifications.notify(&vm, NOTIFY_AT, &0u32.to_le_bytes()));
+        assert!(notifications.notify(&vm, NOTIFY_AT, &0u32.to_le_bytes()));
+        assert_eq!(notifications.fds[0].read().unwrap(), 2);
+        assert!(notifications.registered);
+        assert!(
+            vm.unregister_ioevent(&notifications.fds[0], &at, 0u32)
+                .is_err(),
+            "queue 0 was registered over another eventfd"
+        );
+        vm.unregister_ioevent(&notifications.fds[1], &at, 1u32)
+            .expect("queue 1 registered although queue 0 failed");
+    }
+
+    #[test]
+    fn a_notification_naming_no_queue_signals_nothing_and_registers_nothing() {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("skipped: /dev/kvm is not available");
+            return;
+        };
+        let vm = kvm.create_vm().unwrap();
+        let mut notifications = queues(2);
+        assert!(!notifications.notify(&vm, NOTIFY_AT, &2u32.to_le_bytes()));
+        assert!(!notifications.notify(&vm, NOTIFY_AT, &[0, 0]));
+        assert!(!notifications.registered);
+        assert!(
+            notifications.fds[0].read().is_err(),
+            "queue 0 was signalled"
+        );
     }
 }
