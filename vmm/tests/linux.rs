@@ -1011,7 +1011,8 @@ const DEBIAN_GUARD_EMULATED: Duration = Duration::from_secs(45 * 60);
 /// The Debian image (`images/build-rootfs debian`, given in MEMPART_TEST_DEBIAN; built by
 /// scripts/test on hardware KVM, and on kvm_pvm, where it takes about 16 minutes, only
 /// with MEMPART_DEBIAN=1): systemd reaches `multi-user.target`, mempart-agent runs as a
-/// service and answers `mpctl` (the image's `mempart-ready` prints the classes), and with
+/// service, answers `mpctl` and serves the `/partition` view (the image's `mempart-ready`
+/// prints the classes through both), and with
 /// `mempart.test=poweroff` the guest powers off cleanly.
 #[test]
 fn a_debian_guest_reaches_multi_user_with_the_agent_running() {
@@ -1063,11 +1064,17 @@ fn a_debian_guest_reaches_multi_user_with_the_agent_running() {
         console.contains("Reached target") && console.contains("Multi-User System"),
         "systemd did not reach multi-user.target:\n{console}"
     );
+    let ready = console
+        .lines()
+        .find(|l| l.starts_with("mempart: ready: "))
+        .unwrap_or_else(|| panic!("the agent did not answer mpctl:\n{console}"));
+    let (answered, view) = ready
+        .split_once("view: ")
+        .unwrap_or_else(|| panic!("no view in {ready:?}"));
+    assert!(answered.contains("sysram/"), "mpctl ls: {answered:?}");
     assert!(
-        console
-            .lines()
-            .any(|l| l.starts_with("mempart: ready: ") && l.contains("sysram")),
-        "the agent did not answer mpctl:\n{console}"
+        view.split_whitespace().any(|entry| entry == "sysram"),
+        "/partition/mem in the view: {view:?}"
     );
     assert_eq!(status.code(), Some(0), "the guest powered off:\n{console}");
     std::fs::remove_file(&image).expect("remove the image copy");
