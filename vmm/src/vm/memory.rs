@@ -197,6 +197,22 @@ fn prefault(class: &str, addr: *mut u8, len: u64) -> Result<()> {
     Ok(())
 }
 
+/// Whether the host memory behind `class` is its backing file's allocated blocks: true
+/// for a memfd of small pages. A file the user names may be on disk, and huge pages are
+/// counted by their own file system, so those are counted page by page instead.
+fn counted_by_blocks(class: &ClassBacking) -> bool {
+    class.file.is_none() && !class.hugepages
+}
+
+/// The bytes allocated to `file`: one `fstat`, where `mincore` over its mapping costs a
+/// page-cache lookup per page.
+fn allocated_bytes(file: &File) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata()
+        .ok()
+        .map(|meta| meta.blocks().saturating_mul(512))
+}
+
 /// Pages of `[addr, addr+len)` present in memory, by `mincore`.
 fn resident_bytes(addr: *mut u8, len: u64) -> u64 {
     let pages = len.div_ceil(PAGE) as usize;
@@ -219,6 +235,8 @@ pub struct Sysram {
     pub ranges: Vec<(u64, u64)>,
     /// Bytes.
     pub size: u64,
+    file: File,
+    by_blocks: bool,
 }
 
 impl Sysram {
@@ -276,6 +294,8 @@ impl Sysram {
             memory,
             ranges,
             size,
+            file,
+            by_blocks: counted_by_blocks(backing),
         })
     }
 
@@ -319,6 +339,13 @@ impl Sysram {
     /// Host bytes of sysram actually backed.
     pub fn resident(&self) -> u64 {
         use vm_memory::GuestMemoryRegion;
+        if let Some(bytes) = self
+            .by_blocks
+            .then(|| allocated_bytes(&self.file))
+            .flatten()
+        {
+            return bytes;
+        }
         self.memory
             .iter()
             .map(|r| resident_bytes(r.as_ptr(), r.len()))
@@ -342,6 +369,7 @@ pub struct ClassRegion {
     /// Bytes.
     pub size: u64,
     file: File,
+    by_blocks: bool,
     mapping: MmapRegion,
     grants: BTreeMap<u64, Extent>,
 }
@@ -383,6 +411,7 @@ impl ClassRegion {
             base,
             size: backing.size,
             file,
+            by_blocks: counted_by_blocks(backing),
             mapping,
             grants: BTreeMap::new(),
         })
@@ -535,7 +564,10 @@ impl ClassRegion {
 
     /// Host bytes of this class actually backed.
     pub fn resident(&self) -> u64 {
-        resident_bytes(self.mapping.as_ptr(), self.size)
+        self.by_blocks
+            .then(|| allocated_bytes(&self.file))
+            .flatten()
+            .unwrap_or_else(|| resident_bytes(self.mapping.as_ptr(), self.size))
     }
 
     /// The host view of the class's bytes (for tests and the VMM's own checks).
@@ -602,6 +634,58 @@ mod tests {
     }
 
     use super::*;
+
+    use std::path::PathBuf;
+    use vm_memory::Bytes;
+
+    fn backing(name: &str, size: u64, file: Option<PathBuf>) -> ClassBacking {
+        ClassBacking {
+            name: name.into(),
+            size,
+            hugepages: false,
+            file,
+            prefault: false,
+        }
+    }
+
+    #[test]
+    fn a_memfd_class_counts_its_allocated_blocks_which_agree_with_mincore() {
+        let class = ClassRegion::new(&backing("fast", 8 * MIB, None), 4 * GIB).unwrap();
+        assert!(class.by_blocks);
+        let mapped = || resident_bytes(class.mapping.as_ptr(), class.size);
+        assert_eq!((class.resident(), mapped()), (0, 0));
+        class.populate(PAGE, 5 * PAGE).unwrap();
+        assert_eq!((class.resident(), mapped()), (5 * PAGE, 5 * PAGE));
+        class.punch(2 * PAGE, 2 * PAGE).unwrap();
+        assert_eq!((class.resident(), mapped()), (3 * PAGE, 3 * PAGE));
+    }
+
+    #[test]
+    fn sysram_in_a_memfd_counts_its_blocks() {
+        let sysram = Sysram::new(&backing(mempart::SYSRAM, 16 * MIB, None)).unwrap();
+        assert!(sysram.by_blocks);
+        sysram.memory.write_slice(&[1; 3], GuestAddress(0)).unwrap();
+        sysram
+            .memory
+            .write_slice(&[1; 8192], GuestAddress(8 * MIB))
+            .unwrap();
+        assert_eq!(sysram.resident(), 3 * PAGE);
+        assert_eq!(sysram.resident_range(8 * MIB, MIB), 2 * PAGE);
+    }
+
+    #[test]
+    fn a_class_in_a_named_file_is_counted_page_by_page() {
+        let path = std::env::temp_dir().join(format!("mempart-class-{}", std::process::id()));
+        let class = ClassRegion::new(&backing("fast", 4 * MIB, Some(path.clone())), 4 * GIB);
+        std::fs::remove_file(&path).unwrap();
+        let class = class.unwrap();
+        assert!(!class.by_blocks);
+        class.populate(0, 3 * PAGE).unwrap();
+        // On a disk a file's blocks say nothing of memory, and read-ahead may cache more
+        // of it than was written: the page cache behind the mapping is what counts.
+        let resident = class.resident();
+        assert!((3 * PAGE..=class.size).contains(&resident), "{resident}");
+    }
 
     #[test]
     fn classes_start_on_gib_boundaries_above_4g_and_sysram() {
