@@ -1,5 +1,6 @@
 //! KVM tests with tiny freestanding guests: serial, typed memory grants and revokes,
-//! violations, two vCPUs, interrupts through the I/O APIC and exit codes. They need /dev/kvm and gcc.
+//! violations, two vCPUs, interrupts through the I/O APIC and exit codes. They need
+//! /dev/kvm and gcc.
 
 // Test helpers fail the test loudly with the reason.
 #![allow(clippy::expect_used)]

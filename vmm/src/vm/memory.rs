@@ -204,13 +204,16 @@ fn counted_by_blocks(class: &ClassBacking) -> bool {
     class.file.is_none() && !class.hugepages
 }
 
-/// The bytes allocated to `file`: one `fstat`, where `mincore` over its mapping costs a
-/// page-cache lookup per page.
-fn allocated_bytes(file: &File) -> Option<u64> {
+/// Host bytes behind a backing file: with `by_blocks`, the bytes allocated to it (one
+/// `fstat`, where `mincore` over its mapping costs a page-cache lookup per page); else,
+/// or should `fstat` fail, what `by_pages` counts.
+fn backed_bytes(file: &File, by_blocks: bool, by_pages: impl FnOnce() -> u64) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    file.metadata()
-        .ok()
+    by_blocks
+        .then(|| file.metadata().ok())
+        .flatten()
         .map(|meta| meta.blocks().saturating_mul(512))
+        .unwrap_or_else(by_pages)
 }
 
 /// Pages of `[addr, addr+len)` present in memory, by `mincore`.
@@ -339,17 +342,12 @@ impl Sysram {
     /// Host bytes of sysram actually backed.
     pub fn resident(&self) -> u64 {
         use vm_memory::GuestMemoryRegion;
-        if let Some(bytes) = self
-            .by_blocks
-            .then(|| allocated_bytes(&self.file))
-            .flatten()
-        {
-            return bytes;
-        }
-        self.memory
-            .iter()
-            .map(|r| resident_bytes(r.as_ptr(), r.len()))
-            .sum()
+        backed_bytes(&self.file, self.by_blocks, || {
+            self.memory
+                .iter()
+                .map(|r| resident_bytes(r.as_ptr(), r.len()))
+                .sum()
+        })
     }
 }
 
@@ -564,10 +562,9 @@ impl ClassRegion {
 
     /// Host bytes of this class actually backed.
     pub fn resident(&self) -> u64 {
-        self.by_blocks
-            .then(|| allocated_bytes(&self.file))
-            .flatten()
-            .unwrap_or_else(|| resident_bytes(self.mapping.as_ptr(), self.size))
+        backed_bytes(&self.file, self.by_blocks, || {
+            resident_bytes(self.mapping.as_ptr(), self.size)
+        })
     }
 
     /// The host view of the class's bytes (for tests and the VMM's own checks).

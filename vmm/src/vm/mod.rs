@@ -1561,6 +1561,15 @@ mod tests {
 
     const NOTIFY_AT: u64 = 0xd000_0050;
 
+    /// A VM with nothing in it, or `None` (and why) without /dev/kvm.
+    fn bare_vm() -> Option<VmFd> {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("skipped: /dev/kvm is not available");
+            return None;
+        };
+        Some(kvm.create_vm().unwrap())
+    }
+
     fn queues(count: usize) -> Notifications {
         let fds = (0..count)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
@@ -1573,11 +1582,9 @@ mod tests {
 
     #[test]
     fn a_queue_whose_ioeventfd_cannot_be_registered_is_still_notified_through_exits() {
-        let Ok(kvm) = Kvm::new() else {
-            eprintln!("skipped: /dev/kvm is not available");
+        let Some(vm) = bare_vm() else {
             return;
         };
-        let vm = kvm.create_vm().unwrap();
         let at = IoEventAddress::Mmio(NOTIFY_AT);
         // Another eventfd already holds queue 0's match, so its registration fails.
         let squatter = EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -1599,11 +1606,9 @@ mod tests {
 
     #[test]
     fn a_notification_naming_no_queue_signals_nothing_and_registers_nothing() {
-        let Ok(kvm) = Kvm::new() else {
-            eprintln!("skipped: /dev/kvm is not available");
+        let Some(vm) = bare_vm() else {
             return;
         };
-        let vm = kvm.create_vm().unwrap();
         let mut notifications = queues(2);
         assert!(!notifications.notify(&vm, NOTIFY_AT, &2u32.to_le_bytes()));
         assert!(!notifications.notify(&vm, NOTIFY_AT, &[0, 0]));
